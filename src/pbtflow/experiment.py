@@ -1,0 +1,267 @@
+"""The experiment description: one validated dataclass, loaded from a YAML file
+and CLI flags (flags override the file). Every bad input fails here, before Ray
+or MLflow is touched, with one sentence that names the input and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PRESETS = ("laptop", "cluster")
+_TRAINABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class ExperimentError(ValueError):
+    """A user input is invalid; the message names the input and the fix."""
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Experiment:
+    """What to tune and how. Field names are also the YAML keys, the CLI flags
+    (``--stop-iters``) and the Azure ML job inputs."""
+
+    trainable: str = _opt("ppo", "What to tune: 'ppo' (RLlib PPO), 'lr-schedule', 'quadratic', "
+                          "or your own function trainable as 'package.module:function'.")
+    env: str = _opt("CartPole-v1", "Registered gymnasium environment id (PPO only).")
+    population: int | None = _opt(None, "Number of PBT members (trials) trained together.")
+    stop_iters: int | None = _opt(None, "Stop each member after this many training iterations.")
+    stop_return: float | None = _opt(None, "Stop the whole population once the best member's "
+                                     "metric reaches this value (the mean episode return for PPO; "
+                                     "PPO's preset: 450; 'inf' never stops early).")
+    metric: str | None = _opt(None, "Metric PBT ranks members by; default: the trainable's own.")
+    mode: str = _opt("max", "Whether the metric is maximised ('max') or minimised ('min').")
+    time_attr: str | None = _opt(None, "Result field PBT measures time in "
+                                 "(e.g. training_iteration or time_total_s).")
+    perturbation_interval: float | None = _opt(None, "Exploit/explore every this many time_attr units.")
+    quantile_fraction: float | None = _opt(None, "Share of the population that copies the best / "
+                                           "is copied from, in [0, 0.5].")
+    resample_probability: float | None = _opt(None, "Chance that explore resamples a hyperparameter "
+                                              "instead of perturbing it, in [0, 1].")
+    synch: bool | None = _opt(None, "Synchronous PBT: wait for every member before exploiting.")
+    preset: str = _opt("laptop", "Search-space preset: 'laptop' (small batches, 2 CPU cores) or "
+                       "'cluster' (DESIGN.md's reference space).")
+    num_env_runners: int = _opt(0, "RLlib env runners per trial (0 samples in the trial's own process).")
+    cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.")
+    gpus_per_trial: float = _opt(0, "GPUs per trial (for the learner).")
+    checkpoint_interval: int | None = _opt(None, "Checkpoint every this many iterations; must divide "
+                                           "the perturbation interval (default: equal to it).")
+    max_failures: int = _opt(2, "Times Tune retries a failed trial from its latest checkpoint.")
+    experiment_name: str = _opt("pbt", "MLflow experiment (and Ray Tune experiment folder) name.")
+    tracking_uri: str | None = _opt(None, "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else "
+                                    "MLflow's embedded store (./mlflow.db).")
+    storage_path: str | None = _opt(None, "Where Ray Tune writes checkpoints and results; default "
+                                    "./pbtflow_results. Must be visible to every node on a cluster.")
+    seed: int | None = _opt(None, "Random seed for the search space, PBT and the trainables.")
+    smoke: bool = _opt(False, "Shrink everything to check the wiring in about a minute.")
+    initial: dict | None = _opt(None, "Initial hyperparameters (YAML/Python only): values or Tune "
+                                "domains, overriding the preset's.", cli=False)
+    mutations: dict | None = _opt(None, "PBT hyperparameter mutations (YAML/Python only), replacing "
+                                  "the preset's: a list, a {uniform|loguniform|randint|choice: ...} "
+                                  "mapping, a Tune domain, a callable or a nested dict.", cli=False)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        # Settings left unset take the trainable's preset (trainables.DEFAULTS).
+        from pbtflow.trainables import DEFAULTS
+
+        preset = DEFAULTS.get(self.trainable, DEFAULTS["custom"])
+        for key, value in preset.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.smoke:  # the same pipeline, shrunk; batches shrink in the trainable
+            self.population = 2
+            self.stop_iters = min(self.stop_iters, 6)
+            self.perturbation_interval = 2
+            self.checkpoint_interval = None
+        self._validate()
+
+    # -- validation -----------------------------------------------------------------
+    def _validate(self) -> None:
+        _check(self.population >= 2, "population",
+               f"PBT needs at least 2 members, but got population={self.population}; "
+               "use --population 2 or more")
+        _check(self.stop_iters >= 1, "stop_iters",
+               f"must be at least 1, but got stop_iters={self.stop_iters}")
+        _check(self.mode in ("max", "min"), "mode", f"must be 'max' or 'min', but got mode={self.mode!r}")
+        _check(bool(self.time_attr), "time_attr", "must name a result field, e.g. training_iteration")
+        _check(self.perturbation_interval > 0, "perturbation_interval",
+               f"must be positive, but got perturbation_interval={self.perturbation_interval}")
+        _check(0 <= self.quantile_fraction <= 0.5, "quantile_fraction",
+               f"must lie in [0, 0.5], but got quantile_fraction={self.quantile_fraction}")
+        _check(0 <= self.resample_probability <= 1, "resample_probability",
+               f"must lie in [0, 1], but got resample_probability={self.resample_probability}")
+        _check(self.preset in PRESETS, "preset",
+               f"must be one of {', '.join(PRESETS)}, but got preset={self.preset!r}")
+        _check(self.num_env_runners >= 0, "num_env_runners",
+               f"must be 0 or more, but got num_env_runners={self.num_env_runners}")
+        _check(self.cpus_per_env_runner > 0, "cpus_per_env_runner",
+               f"must be positive, but got cpus_per_env_runner={self.cpus_per_env_runner}")
+        _check(self.gpus_per_trial >= 0, "gpus_per_trial",
+               f"must be 0 or more, but got gpus_per_trial={self.gpus_per_trial}")
+        _check(self.max_failures >= -1, "max_failures",
+               f"must be -1 (retry forever) or more, but got max_failures={self.max_failures}")
+        _check(bool(self.experiment_name.strip()), "experiment_name", "must not be empty")
+        if self.checkpoint_interval is not None:
+            _check(self.checkpoint_interval >= 1, "checkpoint_interval",
+                   f"must be at least 1, but got checkpoint_interval={self.checkpoint_interval}")
+            if self.time_attr == "training_iteration":
+                _check(self.perturbation_interval % self.checkpoint_interval == 0,
+                       "checkpoint_interval",
+                       f"must divide perturbation_interval={self.perturbation_interval:g} so that PBT "
+                       f"never copies a stale checkpoint, but got checkpoint_interval="
+                       f"{self.checkpoint_interval}; use a divisor such as {self.perturbation_interval:g}")
+        if self.trainable not in trainable_names():
+            _check(bool(_TRAINABLE_PATH.match(self.trainable)), "trainable",
+                   f"must be one of {', '.join(trainable_names())} or 'package.module:function', "
+                   f"but got trainable={self.trainable!r}")
+        if self.trainable == "ppo":
+            _check_env(self.env)
+        for key in ("initial", "mutations"):
+            value = getattr(self, key)
+            _check(value is None or isinstance(value, Mapping), key,
+                   f"must be a mapping of hyperparameter names, but got {type(value).__name__}")
+        if self.mutations is not None:
+            from pbtflow.pbt import check_mutations  # one home for the mutation grammar
+
+            check_mutations(self.mutations)
+
+    # -- derived values, computed in one place ---------------------------------------
+    @property
+    def perturbation_checkpoint_interval(self) -> int:
+        """Checkpoint frequency in iterations; it always divides the perturbation interval."""
+        if self.checkpoint_interval is not None:
+            return self.checkpoint_interval
+        if self.time_attr == "training_iteration":
+            return max(1, int(self.perturbation_interval))
+        return 1
+
+    @property
+    def cpus_per_trial(self) -> float:
+        """CPUs one trial needs: the trainable's own process plus its env runners."""
+        if self.trainable == "ppo":
+            return 1 + self.num_env_runners * self.cpus_per_env_runner
+        return 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> "Experiment":
+        return dataclasses.replace(self, **changes)
+
+
+def trainable_names() -> tuple[str, ...]:
+    from pbtflow.trainables import BUILTIN
+
+    return tuple(BUILTIN)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ExperimentError(f"{key}: {message}.")
+
+
+def _check_env(env_id: str) -> None:
+    import gymnasium
+
+    if env_id in gymnasium.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "list them with `python -c \"import gymnasium; print(*gymnasium.registry)\"`"
+    raise ExperimentError(f"env: {env_id!r} is not a registered gymnasium environment id; {hint}")
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert YAML/CLI values to the field's type, or fail naming the field."""
+    kind = str(f.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ExperimentError(f"{f.name}: a value is required; remove the key to use the default "
+                              f"({f.default!r}).")
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if math.isnan(number):
+                raise ValueError
+            return number
+        if kind.startswith("str"):
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        wanted = kind.split(" ")[0].split("|")[0]
+        raise ExperimentError(f"{f.name}: expected {wanted}, but got {value!r}; "
+                              f"{f.metadata.get('help', '')}".rstrip("; ")) from None
+    return value
+
+
+# -- loading -------------------------------------------------------------------------
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Experiment)]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment file; unknown keys fail with the closest valid key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"config: no such file {str(path)!r}; pass an existing YAML file to --config.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ExperimentError(f"config: {str(path)!r} is not valid YAML{where} ({problem}); fix the file.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ExperimentError(f"config: {str(path)!r} must hold a mapping of settings (key: value), "
+                              f"but holds a {type(data).__name__}.")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    check_keys(data, source=str(path))
+    return data
+
+
+def check_keys(data: Mapping[str, Any], source: str) -> None:
+    valid = field_names()
+    for key in data:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+            raise ExperimentError(f"config: unknown key {key!r} in {source}; {hint}")
+
+
+def from_sources(config_file: str | Path | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> Experiment:
+    """Build the experiment: defaults < YAML file < flags."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_yaml(config_file))
+    overrides = dict(overrides or {})
+    check_keys(overrides, source="the overrides")
+    values.update(overrides)
+    return Experiment(**values)

@@ -1,0 +1,25 @@
+"""Metric, tag and artifact names, defined once and shared by the trainables,
+the scheduler and the tracking code."""
+
+# Metrics the trainables report.
+RETURN_MEAN = "env_runners/episode_return_mean"
+TRAINING_ITERATION = "training_iteration"
+
+# Metric prefixes written to MLflow child runs.
+HP_PREFIX = "hp/"  # the hyperparameter a member trained with at that step
+EFFECTIVE_PREFIX = "effective/"  # the value the learner really used (PPO)
+BEST_PREFIX = "best/"  # parent run: the best trial's final metric
+EXPLOITS = "pbt/exploits"  # running count of exploits of one member
+
+# Tags.
+PARENT_RUN_ID = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+TRIAL_ID = "pbtflow.trial_id"
+TRIAL_NAME = "pbtflow.trial_name"
+ROLE = "pbtflow.role"  # "parent" or "trial"
+BEST_TRIAL = "best_trial"
+ERROR = "pbtflow.error"
+STORAGE = "pbtflow.storage"  # where Ray Tune keeps the experiment
+
+# Artifacts.
+EXPERIMENT_FILE = "experiment.yaml"

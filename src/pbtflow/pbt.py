@@ -1,0 +1,176 @@
+"""The PBT scheduler, the mutation grammar and the explore function.
+
+A mutation is what Ray's ``hyperparam_mutations`` accepts: a list (explore
+moves to an adjacent entry), a Tune domain, a callable or a nested dict. YAML
+files write domains as one-key mappings: ``{uniform: [0.9, 1.0]}``,
+``{loguniform: [1e-5, 1e-3]}``, ``{randint: [1, 31]}``, ``{choice: [...]}``,
+``{qloguniform: [5e-3, 1e-1, 5e-4]}``, ``{quniform: [...]}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Callable, Mapping
+
+from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.search.sample import Categorical, Domain, Float, Integer
+
+from pbtflow.experiment import Experiment, ExperimentError
+
+_DOMAINS = {
+    "uniform": tune.uniform,
+    "quniform": tune.quniform,
+    "loguniform": tune.loguniform,
+    "qloguniform": tune.qloguniform,
+    "randint": tune.randint,
+    "lograndint": tune.lograndint,
+    "choice": lambda *xs: tune.choice(list(xs)),
+}
+
+
+def to_mutation(spec: Any, name: str = "mutations") -> Any:
+    """Turn one mutation as written in YAML or Python into what Ray accepts."""
+    if isinstance(spec, Domain) or callable(spec):
+        return spec
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise ExperimentError(f"{name}: a list mutation needs at least one value, but got [].")
+        return list(spec)
+    if isinstance(spec, Mapping):
+        if len(spec) == 1 and next(iter(spec)) in _DOMAINS:
+            kind, args = next(iter(spec.items()))
+            args = args if isinstance(args, (list, tuple)) else [args]
+            try:
+                if kind == "choice":
+                    return _DOMAINS[kind](*args)
+                return _DOMAINS[kind](*[float(a) if "uniform" in kind else a for a in args])
+            except (TypeError, ValueError) as exc:
+                raise ExperimentError(f"{name}: {{{kind}: {list(args)}}} is not a valid Tune domain "
+                                      f"({exc}); write e.g. {{{kind}: [low, high]}}.") from None
+        if not spec:
+            raise ExperimentError(f"{name}: an empty mapping mutates nothing; remove it or give values.")
+        return {k: to_mutation(v, f"{name}.{k}") for k, v in spec.items()}
+    raise ExperimentError(
+        f"{name}: a mutation must be a list, a Tune domain, a callable or a mapping, but got "
+        f"{spec!r} ({type(spec).__name__}); write e.g. [1e-3, 1e-4] or {{uniform: [0.9, 1.0]}}.")
+
+
+def check_mutations(mutations: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate and convert a whole mutations mapping."""
+    if not mutations:
+        raise ExperimentError("mutations: PBT needs at least one hyperparameter to mutate.")
+    return {k: to_mutation(v, f"mutations.{k}") for k, v in mutations.items()}
+
+
+def flatten_keys(mutations: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the mutated hyperparameters (nested dicts joined with '.')."""
+    keys = []
+    for key, value in mutations.items():
+        if isinstance(value, Mapping):
+            keys += flatten_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def get_path(config: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(config, Mapping) or part not in config:
+            return None
+        config = config[part]
+    return config
+
+
+def _set_path(config: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[last] = value
+
+
+def bounds_of(mutation: Any) -> tuple[float, float, bool] | None:
+    """(low, high, is_int) of a numeric mutation, or None if it has no bounds."""
+    if isinstance(mutation, Integer):
+        return float(mutation.lower), float(mutation.upper - 1), True  # randint's upper is exclusive
+    if isinstance(mutation, Float):
+        return float(mutation.lower), float(mutation.upper), False
+    values = mutation.categories if isinstance(mutation, Categorical) else mutation
+    if isinstance(values, list) and values and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return float(min(values)), float(max(values)), all(isinstance(v, int) for v in values)
+    return None
+
+
+def make_explore(mutations: Mapping[str, Any],
+                 repair: Callable[[dict, dict], None] | None = None) -> Callable[[dict], dict]:
+    """An explore function that puts every mutated value back inside its
+    mutation's bounds (PBT's x0.8/x1.2 perturbation can leave them) and then
+    lets the trainable repair what depends on several values."""
+    bounds = {}
+    for key in flatten_keys(mutations):
+        found = bounds_of(get_path(mutations, key))
+        if found:
+            bounds[key] = found
+
+    def explore(config: dict) -> dict:
+        for key, (low, high, is_int) in bounds.items():
+            value = get_path(config, key)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if math.isnan(number):
+                number = low  # unusable value: fall back to the lower bound
+            number = min(max(number, low), high)
+            _set_path(config, key, int(round(number)) if is_int else number)
+        if repair is not None:
+            repair(config, {k: (lo, hi) for k, (lo, hi, _) in bounds.items()})
+        return config
+
+    return explore
+
+
+class RecordingPBT(PopulationBasedTraining):
+    """Ray's PBT that also keeps every exploit as an event, so that the
+    tracking code can log the schedule and the lineage PBT discovered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[dict[str, Any]] = []
+        self._mutated_keys = flatten_keys(self._hyperparam_mutations)
+
+    def _exploit(self, tune_controller, trial, trial_to_clone):
+        state = self._trial_state[trial]
+        donor_state = self._trial_state[trial_to_clone]
+        before = {k: get_path(trial.config, k) for k in self._mutated_keys}
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        self.events.append({
+            "trial_id": trial.trial_id,
+            "donor_id": trial_to_clone.trial_id,
+            "time": state.last_train_time,  # the time_attr value at the exploit
+            "donor_time": donor_state.last_train_time,
+            "score": state.last_score,
+            "donor_score": donor_state.last_score,
+            "old": before,
+            "new": {k: get_path(trial.config, k) for k in self._mutated_keys},
+            "wall_time": time.time(),
+        })
+
+
+def build_scheduler(experiment: Experiment, metric: str, mutations: Mapping[str, Any],
+                    repair: Callable[[dict, dict], None] | None = None) -> RecordingPBT:
+    mutations = check_mutations(copy.deepcopy(dict(mutations)))
+    return RecordingPBT(
+        time_attr=experiment.time_attr,
+        metric=metric,
+        mode=experiment.mode,
+        perturbation_interval=experiment.perturbation_interval,
+        quantile_fraction=experiment.quantile_fraction,
+        resample_probability=experiment.resample_probability,
+        hyperparam_mutations=mutations,
+        custom_explore_fn=make_explore(mutations, repair),
+        synch=experiment.synch,
+    )

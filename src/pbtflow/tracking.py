@@ -1,0 +1,345 @@
+"""MLflow: the parent run of an experiment and one child run per trial, written
+by a Ray Tune callback on the driver (workers need no tracking access).
+
+Only this module imports ``mlflow``. Writes are buffered and sent in batches by
+a background thread, so logging never waits on the tracking server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+from ray.tune.utils import flatten_dict
+
+from pbtflow import names
+from pbtflow.experiment import Experiment, ExperimentError
+from pbtflow.pbt import get_path
+
+log = logging.getLogger(__name__)
+
+BATCH_LIMIT = 250  # metric rows per log_batch call (Azure ML's MLflow cap)
+# Result fields that are bookkeeping, not measurements.
+_NOT_METRICS = {"timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
+                "should_checkpoint", "checkpoint_dir_name"}
+_SECRET = re.compile(r"(token|secret|password|passwd|credential|connection_?string|"
+                     r"(^|[._/-])(api_?)?key($|[._/-]))", re.IGNORECASE)
+
+
+def is_secret(key: str) -> bool:
+    """Whether a config key looks like a credential, never to be written to MLflow."""
+    return bool(_SECRET.search(key))
+
+
+def resolve_tracking_uri(experiment: Experiment) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's embedded default."""
+    return experiment.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail with one sentence if an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:  # it answered: auth-protected or a proxy without /health
+            return
+        reason = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise ExperimentError(f"tracking_uri: the MLflow tracking server at {uri} is not reachable "
+                          f"({reason}); start it, or pass a reachable --tracking-uri.")
+
+
+def _numeric(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    if hasattr(value, "item") and getattr(value, "size", 2) == 1:  # numpy scalars
+        return _numeric(value.item())
+    return None
+
+
+def _params(values: Mapping[str, Any]) -> list[Param]:
+    return [Param(k, str(v)[:6000]) for k, v in values.items()
+            if v is not None and not is_secret(k)]
+
+
+class _Writer:
+    """Collects metric rows per run and sends them with ``log_batch`` from a
+    background thread, at most every ``interval`` seconds."""
+
+    def __init__(self, client: MlflowClient, interval: float = 1.0) -> None:
+        self._client = client
+        self._interval = interval
+        self._pending: dict[str, list[Metric]] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._warned = False
+        self._thread = threading.Thread(target=self._loop, name="pbtflow-mlflow", daemon=True)
+        self._thread.start()
+
+    def add(self, run_id: str, metrics: list[Metric]) -> None:
+        with self._lock:
+            self._pending.setdefault(run_id, []).extend(metrics)
+
+    def flush(self) -> None:
+        with self._send_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for run_id, rows in pending.items():
+                for start in range(0, len(rows), BATCH_LIMIT):
+                    try:
+                        self._client.log_batch(run_id, metrics=rows[start:start + BATCH_LIMIT])
+                    except Exception as exc:  # the server is away: keep the rows for later
+                        with self._lock:
+                            self._pending.setdefault(run_id, [])[:0] = rows[start:]
+                        if not self._warned:
+                            log.warning("pbtflow: could not write to MLflow (%s); tuning goes on and "
+                                        "the metrics are kept until it answers.", exc)
+                            self._warned = True
+                        break
+                else:
+                    continue
+                break
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+
+class TrialTracker(Callback):
+    """One MLflow child run per trial, nested under the parent run.
+
+    The child's MLflow step is the member's own clock (results reported so far),
+    which never goes back even when PBT makes ``training_iteration`` jump; the
+    hyperparameters a member trains with are logged as ``hp/<name>`` metrics at
+    every step, so PBT's schedule survives exploits."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str,
+                 hyperparameters: list[str], logged_metrics: tuple[str, ...] | None,
+                 scheduler: Any = None, time_attr: str = names.TRAINING_ITERATION) -> None:
+        self._client = client
+        self._experiment_id = experiment_id
+        self._parent_run_id = parent_run_id
+        self._hyperparameters = hyperparameters
+        self._logged_metrics = logged_metrics
+        self._scheduler = scheduler
+        self._time_attr = time_attr
+        self._writer: _Writer | None = None
+        self.run_ids: dict[str, str] = {}  # trial id -> child run id
+        self._steps: dict[str, int] = {}
+        self._exploits: dict[str, int] = {}
+        self._events_seen = 0
+
+    # -- Ray Tune callback hooks ------------------------------------------------------
+    def setup(self, **info):
+        if self._writer is None:
+            self._writer = _Writer(self._client)
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment
+        state = dict(self.__dict__)
+        state["_writer"] = None
+        state["_tracking_uri"] = self._client.tracking_uri
+        state["_client"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        uri = state.pop("_tracking_uri", None)
+        self.__dict__.update(state)
+        if self._client is None:
+            self._client = MlflowClient(uri)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._child(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._child(trial)
+        self._collect_events()
+        step = self._steps.get(trial.trial_id, 0)
+        self._steps[trial.trial_id] = step + 1
+        when = int(time.time() * 1000)
+        rows = [Metric(k, v, when, step) for k, v in self._measurements(result).items()]
+        rows += [Metric(names.HP_PREFIX + k, v, when, step)
+                 for k, v in self._hp_values(trial.config).items()]
+        rows.append(Metric(names.EXPLOITS, float(self._exploits.get(trial.trial_id, 0)), when, step))
+        self._writer.add(run_id, rows)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        self._writer.flush()
+
+    # -- helpers ----------------------------------------------------------------------
+    def _child(self, trial) -> str:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            run = self._client.create_run(
+                self._experiment_id,
+                run_name=str(trial),
+                tags={names.PARENT_RUN_ID: self._parent_run_id, names.TRIAL_ID: trial.trial_id,
+                      names.TRIAL_NAME: str(trial), names.ROLE: "trial"},
+            )
+            run_id = self.run_ids[trial.trial_id] = run.info.run_id
+            initial = {k: get_path(trial.config, k) for k in self._hyperparameters}
+            self._client.log_batch(run_id, params=_params(initial))
+        return run_id
+
+    def _measurements(self, result: Mapping[str, Any]) -> dict[str, float]:
+        flat = flatten_dict({k: v for k, v in result.items() if k != "config"}, delimiter="/")
+        keys = self._logged_metrics if self._logged_metrics is not None else [
+            k for k in flat if k not in _NOT_METRICS]
+        keys = list(keys) + [names.TRAINING_ITERATION, self._time_attr]
+        out = {}
+        for key in keys:
+            value = _numeric(flat.get(key))
+            if value is not None:
+                out[key] = value
+        return out
+
+    def _hp_values(self, config: Mapping[str, Any]) -> dict[str, float]:
+        out = {}
+        for key in self._hyperparameters:
+            value = _numeric(get_path(config, key))
+            if value is not None and not is_secret(key):
+                out[key] = value
+        return out
+
+    def _collect_events(self) -> None:
+        events = getattr(self._scheduler, "events", [])
+        for event in events[self._events_seen:]:
+            self._exploits[event["trial_id"]] = self._exploits.get(event["trial_id"], 0) + 1
+        self._events_seen = len(events)
+
+    def _end(self, trial, status: str) -> None:
+        run_id = self._child(trial)
+        self._writer.flush()
+        if status == "FAILED" and getattr(trial, "error_file", None):
+            try:
+                message = Path(trial.error_file).read_text().strip().splitlines()[-1]
+                self._client.set_tag(run_id, names.ERROR, message[:5000])
+            except OSError:
+                pass
+        self._client.set_terminated(run_id, status)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    # Kept with Tune's experiment state, so that a resumed experiment continues
+    # the same child runs and steps.
+    def get_state(self) -> dict | None:
+        return {"run_ids": self.run_ids, "steps": self._steps, "exploits": self._exploits}
+
+    def set_state(self, state: dict) -> None:
+        self.run_ids.update(state.get("run_ids", {}))
+        self._steps.update(state.get("steps", {}))
+        self._exploits.update(state.get("exploits", {}))
+
+
+class ParentRun:
+    """The experiment's parent run: the active run (inside an Azure ML job the
+    job's own run, from $MLFLOW_RUN_ID) or a new run in the named experiment."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, owned: bool) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.owned = owned  # we created it, so we end it
+
+    def log_experiment(self, experiment: Experiment, extra_params: Mapping[str, Any]) -> None:
+        settings = {k: v for k, v in experiment.to_dict().items()
+                    if k not in ("initial", "mutations") and v is not None}
+        settings.update(extra_params)
+        self.client.log_batch(self.run_id, params=_params(settings),
+                              tags=[RunTag(names.ROLE, "parent")])
+        safe = {k: v for k, v in experiment.to_dict().items() if not is_secret(k)}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / names.EXPERIMENT_FILE
+            path.write_text(yaml.safe_dump(json.loads(json.dumps(safe, default=repr)), sort_keys=False))
+            self.client.log_artifact(self.run_id, str(path))
+
+    def log_best(self, trial_id: str, metric: str, value: float | None,
+                 config: Mapping[str, Any]) -> None:
+        self.client.set_tag(self.run_id, names.BEST_TRIAL, trial_id)
+        rows = []
+        if value is not None and _numeric(value) is not None:
+            rows.append(Metric(names.BEST_PREFIX + metric, float(value), int(time.time() * 1000), 0))
+        params = _params({f"best.{k}": v for k, v in config.items()})
+        self.client.log_batch(self.run_id, metrics=rows, params=params)
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise ExperimentError(f"experiment_name: the MLflow experiment {name!r} is deleted; "
+                                  "restore it or pick another --experiment-name.")
+        return found.experiment_id
+    return client.create_experiment(name)
+
+
+@contextmanager
+def parent_run(experiment: Experiment) -> Iterator[ParentRun]:
+    """Open the parent run; end it FINISHED, FAILED (with the error) or KILLED."""
+    uri = resolve_tracking_uri(experiment)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    active = mlflow.active_run()
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    try:
+        if active is not None or env_run:
+            run_id = active.info.run_id if active is not None else env_run
+            parent = ParentRun(client, run_id, client.get_run(run_id).info.experiment_id, owned=False)
+        else:
+            exp_id = _experiment_id(client, experiment.experiment_name)
+            run = client.create_run(exp_id, tags={names.ROLE: "parent"})
+            parent = ParentRun(client, run.info.run_id, exp_id, owned=True)
+    except ExperimentError:
+        raise
+    except Exception as exc:
+        raise ExperimentError(f"tracking_uri: MLflow at {uri} refused to open the parent run ({exc}); "
+                              "check the URI and your access to it.") from None
+    try:
+        yield parent
+    except KeyboardInterrupt:
+        if parent.owned:
+            client.set_terminated(parent.run_id, "KILLED")
+        raise
+    except BaseException as exc:
+        client.set_tag(parent.run_id, names.ERROR, str(exc)[:5000] or type(exc).__name__)
+        if parent.owned:
+            client.set_terminated(parent.run_id, "FAILED")
+        raise
+    else:
+        if parent.owned:
+            client.set_terminated(parent.run_id, "FINISHED")

@@ -1,0 +1,50 @@
+"""What can be tuned. Each built-in trainable is a module with a ``build``
+function that turns an experiment into a :class:`TrainableSpec`; a user's own
+function trainable is loaded from "package.module:function"."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Built-in names -> modules, imported only when used (RLlib is heavy).
+BUILTIN = {
+    "ppo": "pbtflow.trainables.ppo",
+}
+
+# Experiment settings each trainable brings as its preset; a setting the user
+# leaves unset (None) takes the value here. "custom" is a user's own trainable.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {
+        "population": 4, "stop_iters": 100, "stop_return": 450.0,
+        "time_attr": "training_iteration", "perturbation_interval": 3,
+        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+    },
+    "custom": {
+        "population": 4, "stop_iters": 100, "stop_return": None,
+        "time_attr": "training_iteration", "perturbation_interval": 5,
+        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+    },
+}
+
+
+@dataclass
+class TrainableSpec:
+    """Everything Ray Tune and the tracking code need to know about a trainable."""
+
+    trainable: Any  # what tune.Tuner receives: a registered name, a class or a function
+    param_space: dict[str, Any]
+    metric: str
+    mutations: dict[str, Any]
+    hyperparameters: tuple[str, ...] = ()  # initial keys logged as params (besides the mutated)
+    repair: Callable[[dict, dict], None] | None = None  # fixes what a mutation can break
+    logged_metrics: tuple[str, ...] | None = None  # None: every numeric result field
+    reuse_actors: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def build(experiment) -> TrainableSpec:
+    """The spec for ``experiment.trainable``."""
+    module = importlib.import_module(BUILTIN[experiment.trainable])
+    return module.build(experiment)
