@@ -45,7 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
                                       description="Run a PBT experiment; every trial is an MLflow "
                                       "child run under one parent run.")
     _add_experiment_flags(tune_parser)
+
+    report = commands.add_parser("report", help="leaderboard and best schedule of a tuned experiment")
+    which = report.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", help="the parent run's id")
+    which.add_argument("--experiment", help="MLflow experiment name; reports its latest parent run")
+    report.add_argument("--latest", action="store_true",
+                        help="with --experiment: the latest parent run (the default)")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for tune)")
+    report.add_argument("--download", metavar="DIR",
+                        help="also download the best trial's last checkpoint into DIR")
     return parser
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from pbtflow.report import format_report
+    from pbtflow.tracking import download_best_checkpoint, load_experiment_record
+
+    record = load_experiment_record(args.tracking_uri, args.run_id, args.experiment)
+    print(format_report(record))
+    if args.download:
+        path = download_best_checkpoint(record, args.download)
+        print(f"best checkpoint downloaded to {path}")
+    return 0
 
 
 def _run_tune(args: argparse.Namespace) -> int:
@@ -65,12 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "tune":
             return _run_tune(args)
+        if args.command == "report":
+            return _run_report(args)
     except ExperimentError as exc:
         print(f"pbtflow: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pbtflow: interrupted.", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from pbtflow.tracking import TuningInterrupted
+
+        if isinstance(exc, TuningInterrupted):
+            print(f"pbtflow: {exc}", file=sys.stderr)
+            return 130
+        raise
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 PRESETS = ("laptop", "cluster")
+BASELINES = ("grid", "random")
 _TRAINABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -51,6 +53,10 @@ class Experiment:
     synch: bool | None = _opt(None, "Synchronous PBT: wait for every member before exploiting.")
     preset: str = _opt("laptop", "Search-space preset: 'laptop' (small batches, 2 CPU cores) or "
                        "'cluster' (DESIGN.md's reference space).")
+    cpus_per_trial_process: float | None = _opt(None, "CPUs reserved for a trial's own process "
+                                                "(PPO: learner + local sampling); default: 2 / population "
+                                                "on the laptop preset so the whole population runs at "
+                                                "once on 2 cores, 1 otherwise.")
     num_env_runners: int = _opt(0, "RLlib env runners per trial (0 samples in the trial's own process).")
     cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.")
     gpus_per_trial: float = _opt(0, "GPUs per trial (for the learner).")
@@ -63,6 +69,11 @@ class Experiment:
     storage_path: str | None = _opt(None, "Where Ray Tune writes checkpoints and results; default "
                                     "./pbtflow_results. Must be visible to every node on a cluster.")
     seed: int | None = _opt(None, "Random seed for the search space, PBT and the trainables.")
+    baseline: str | None = _opt(None, "Run a no-PBT baseline instead, as its own parent run: 'grid' "
+                                "(PBT's starting points, held fixed) or 'random' (starting values "
+                                "sampled from the mutation domains); same trainable and budget.")
+    resume: str | None = _opt(None, "Folder of an interrupted experiment (printed when it stopped) to "
+                              "continue, into the same MLflow parent and child runs.")
     smoke: bool = _opt(False, "Shrink everything to check the wiring in about a minute.")
     initial: dict | None = _opt(None, "Initial hyperparameters (YAML/Python only): values or Tune "
                                 "domains, overriding the preset's.", cli=False)
@@ -85,6 +96,12 @@ class Experiment:
             self.stop_iters = min(self.stop_iters, 6)
             self.perturbation_interval = 2
             self.checkpoint_interval = None
+        if self.cpus_per_trial_process is None:
+            # Laptop: share this machine's cores so the whole population trains
+            # at once (round-robin would restart a PPO actor at every pause).
+            cores = os.cpu_count() or 1
+            self.cpus_per_trial_process = (max(0.25, min(1.0, cores / max(1, self.population)))
+                                           if self.preset == "laptop" else 1.0)
         self._validate()
 
     # -- validation -----------------------------------------------------------------
@@ -104,8 +121,13 @@ class Experiment:
                f"must lie in [0, 1], but got resample_probability={self.resample_probability}")
         _check(self.preset in PRESETS, "preset",
                f"must be one of {', '.join(PRESETS)}, but got preset={self.preset!r}")
+        _check(self.baseline in (None, *BASELINES), "baseline",
+               f"must be one of {', '.join(BASELINES)}, but got baseline={self.baseline!r}; "
+               "leave it out to run PBT")
         _check(self.num_env_runners >= 0, "num_env_runners",
                f"must be 0 or more, but got num_env_runners={self.num_env_runners}")
+        _check(self.cpus_per_trial_process > 0, "cpus_per_trial_process",
+               f"must be positive, but got cpus_per_trial_process={self.cpus_per_trial_process}")
         _check(self.cpus_per_env_runner > 0, "cpus_per_env_runner",
                f"must be positive, but got cpus_per_env_runner={self.cpus_per_env_runner}")
         _check(self.gpus_per_trial >= 0, "gpus_per_trial",
@@ -151,8 +173,8 @@ class Experiment:
     def cpus_per_trial(self) -> float:
         """CPUs one trial needs: the trainable's own process plus its env runners."""
         if self.trainable == "ppo":
-            return 1 + self.num_env_runners * self.cpus_per_env_runner
-        return 1
+            return self.cpus_per_trial_process + self.num_env_runners * self.cpus_per_env_runner
+        return self.cpus_per_trial_process
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

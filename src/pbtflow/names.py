@@ -4,6 +4,9 @@ the scheduler and the tracking code."""
 # Metrics the trainables report.
 RETURN_MEAN = "env_runners/episode_return_mean"
 TRAINING_ITERATION = "training_iteration"
+MEAN_ACCURACY = "mean_accuracy"  # lr-schedule toy
+DONE = "done"  # lr-schedule: the member reached the target accuracy
+Q = "Q"  # quadratic toy: the true objective
 
 # Metric prefixes written to MLflow child runs.
 HP_PREFIX = "hp/"  # the hyperparameter a member trained with at that step
@@ -19,6 +22,7 @@ TRIAL_NAME = "pbtflow.trial_name"
 ROLE = "pbtflow.role"  # "parent" or "trial"
 BEST_TRIAL = "best_trial"
 ERROR = "pbtflow.error"
+BASELINE = "pbtflow.baseline"  # parent run of a no-PBT baseline: "grid" or "random"
 STORAGE = "pbtflow.storage"  # where Ray Tune keeps the experiment
 
 # Artifacts.

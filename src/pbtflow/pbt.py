@@ -152,6 +152,9 @@ class RecordingPBT(PopulationBasedTraining):
             "donor_id": trial_to_clone.trial_id,
             "time": state.last_train_time,  # the time_attr value at the exploit
             "donor_time": donor_state.last_train_time,
+            # training iterations: the member continues from the donor's checkpoint
+            "step": (trial.last_result or {}).get("training_iteration"),
+            "donor_step": (trial_to_clone.last_result or {}).get("training_iteration"),
             "score": state.last_score,
             "donor_score": donor_state.last_score,
             "old": before,

@@ -155,6 +155,9 @@ class TrialTracker(Callback):
         self._steps: dict[str, int] = {}
         self._exploits: dict[str, int] = {}
         self._events_seen = 0
+        self.ended: set[str] = set()  # trials whose child run has ended
+        self.initial: dict[str, dict[str, Any]] = {}  # trial id -> initial hyperparameters
+        self._mismatch_warned: set[tuple[str, str]] = set()
 
     # -- Ray Tune callback hooks ------------------------------------------------------
     def setup(self, **info):
@@ -184,9 +187,14 @@ class TrialTracker(Callback):
         self._steps[trial.trial_id] = step + 1
         when = int(time.time() * 1000)
         rows = [Metric(k, v, when, step) for k, v in self._measurements(result).items()]
+        # The config this result was produced with: by the time callbacks run,
+        # PBT may already have given the trial its next config.
+        config = result.get("config") or trial.config
         rows += [Metric(names.HP_PREFIX + k, v, when, step)
-                 for k, v in self._hp_values(trial.config).items()]
+                 for k, v in self._hp_values(config).items()]
         rows.append(Metric(names.EXPLOITS, float(self._exploits.get(trial.trial_id, 0)), when, step))
+        rows += [Metric(names.EFFECTIVE_PREFIX + k, v, when, step)
+                 for k, v in self._check_effective(trial, result).items()]
         self._writer.add(run_id, rows)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -210,11 +218,13 @@ class TrialTracker(Callback):
             )
             run_id = self.run_ids[trial.trial_id] = run.info.run_id
             initial = {k: get_path(trial.config, k) for k in self._hyperparameters}
+            self.initial[trial.trial_id] = initial
             self._client.log_batch(run_id, params=_params(initial))
         return run_id
 
     def _measurements(self, result: Mapping[str, Any]) -> dict[str, float]:
-        flat = flatten_dict({k: v for k, v in result.items() if k != "config"}, delimiter="/")
+        flat = flatten_dict({k: v for k, v in result.items() if k not in ("config", "effective")},
+                            delimiter="/")
         keys = self._logged_metrics if self._logged_metrics is not None else [
             k for k in flat if k not in _NOT_METRICS]
         keys = list(keys) + [names.TRAINING_ITERATION, self._time_attr]
@@ -233,15 +243,66 @@ class TrialTracker(Callback):
                 out[key] = value
         return out
 
+    def _check_effective(self, trial, result: Mapping[str, Any]) -> dict[str, float]:
+        """The values the trainable reports it really uses (``result["effective"]``),
+        with a loud warning when one differs from the hyperparameter PBT set."""
+        effective = {k: _numeric(v) for k, v in (result.get("effective") or {}).items()}
+        effective = {k: v for k, v in effective.items() if v is not None}
+        config = result.get("config") or trial.config
+        for key, used in effective.items():
+            wanted = _numeric(get_path(config, key))
+            if wanted is not None and not math.isclose(used, wanted, rel_tol=1e-6, abs_tol=1e-12) \
+                    and (trial.trial_id, key) not in self._mismatch_warned:
+                self._mismatch_warned.add((trial.trial_id, key))
+                log.warning("pbtflow: trial %s trains with %s=%s but PBT set %s=%s; the restored "
+                            "checkpoint overrode the perturbed value.", trial.trial_id, key, used,
+                            key, wanted)
+        return effective
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every exploit the scheduler recorded so far."""
+        return list(getattr(self._scheduler, "events", []))
+
+    def events_of(self, trial_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["trial_id"] == trial_id]
+
     def _collect_events(self) -> None:
         events = getattr(self._scheduler, "events", [])
         for event in events[self._events_seen:]:
             self._exploits[event["trial_id"]] = self._exploits.get(event["trial_id"], 0) + 1
         self._events_seen = len(events)
 
+    def end_remaining(self, statuses: Mapping[str, str]) -> list[str]:
+        """End the child runs Tune closed without a callback: trials it
+        terminated while paused (stop_all) are FINISHED; trials left running,
+        paused or pending (an interrupted experiment) are KILLED. Returns the
+        interrupted trial ids."""
+        self._writer.flush()
+        interrupted = []
+        for trial_id, run_id in self.run_ids.items():
+            if trial_id in self.ended:
+                continue
+            status = statuses.get(trial_id, "RUNNING")
+            if status in ("TERMINATED", "ERROR"):
+                self._client.set_terminated(run_id, "FINISHED" if status == "TERMINATED" else "FAILED")
+                self.ended.add(trial_id)
+            else:
+                self._client.set_terminated(run_id, "KILLED")
+                interrupted.append(trial_id)
+        return interrupted
+
+    def reopen(self) -> None:
+        """A resumed experiment continues its KILLED child runs."""
+        for trial_id, run_id in self.run_ids.items():
+            if trial_id not in self.ended:
+                self._client.update_run(run_id, status="RUNNING")
+
     def _end(self, trial, status: str) -> None:
         run_id = self._child(trial)
+        self.ended.add(trial.trial_id)
         self._writer.flush()
+        self._client.log_dict(run_id, self.events_of(trial.trial_id), "pbt_events.json")
         if status == "FAILED" and getattr(trial, "error_file", None):
             try:
                 message = Path(trial.error_file).read_text().strip().splitlines()[-1]
@@ -257,12 +318,19 @@ class TrialTracker(Callback):
     # Kept with Tune's experiment state, so that a resumed experiment continues
     # the same child runs and steps.
     def get_state(self) -> dict | None:
-        return {"run_ids": self.run_ids, "steps": self._steps, "exploits": self._exploits}
+        return {"run_ids": self.run_ids, "steps": self._steps, "exploits": self._exploits,
+                "ended": sorted(self.ended), "initial": self.initial}
 
     def set_state(self, state: dict) -> None:
         self.run_ids.update(state.get("run_ids", {}))
+        self.ended.update(state.get("ended", []))
+        self.initial.update(state.get("initial", {}))
         self._steps.update(state.get("steps", {}))
         self._exploits.update(state.get("exploits", {}))
+
+
+class TuningInterrupted(Exception):
+    """Tuning stopped on SIGINT/SIGTERM; the experiment state is saved."""
 
 
 class ParentRun:
@@ -296,6 +364,19 @@ class ParentRun:
         params = _params({f"best.{k}": v for k, v in config.items()})
         self.client.log_batch(self.run_id, metrics=rows, params=params)
 
+    def log_artifacts(self, paths: list[str | Path], folder: str | None = "plots") -> None:
+        """Upload files (e.g. pictures) to the parent run under ``folder``."""
+        for path in paths:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+
+def log_lineage(parent: "ParentRun", lineage: Mapping[str, Any], schedule: Mapping[str, Any],
+                checkpoint_dir: str | None) -> None:
+    parent.client.log_dict(parent.run_id, dict(lineage), "lineage.json")
+    parent.client.log_dict(parent.run_id, dict(schedule), "best_schedule.json")
+    if checkpoint_dir:
+        parent.client.log_artifacts(parent.run_id, checkpoint_dir, "best_checkpoint")
+
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
@@ -308,16 +389,22 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 @contextmanager
-def parent_run(experiment: Experiment) -> Iterator[ParentRun]:
-    """Open the parent run; end it FINISHED, FAILED (with the error) or KILLED."""
+def parent_run(experiment: Experiment, resume_run_id: str | None = None) -> Iterator[ParentRun]:
+    """Open the parent run (or reopen ``resume_run_id``); end it FINISHED,
+    FAILED (with the error) or KILLED."""
     uri = resolve_tracking_uri(experiment)
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     active = mlflow.active_run()
     env_run = os.environ.get("MLFLOW_RUN_ID")
     try:
-        if active is not None or env_run:
+        if resume_run_id is not None:
+            run = client.get_run(resume_run_id)
+            owned = run.data.tags.get(names.ROLE) == "parent" and not env_run
+            if owned:
+                client.update_run(resume_run_id, status="RUNNING")
+            parent = ParentRun(client, resume_run_id, run.info.experiment_id, owned=owned)
+        elif active is not None or env_run:
             run_id = active.info.run_id if active is not None else env_run
             parent = ParentRun(client, run_id, client.get_run(run_id).info.experiment_id, owned=False)
         else:
@@ -331,7 +418,7 @@ def parent_run(experiment: Experiment) -> Iterator[ParentRun]:
                               "check the URI and your access to it.") from None
     try:
         yield parent
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TuningInterrupted):
         if parent.owned:
             client.set_terminated(parent.run_id, "KILLED")
         raise
@@ -343,3 +430,58 @@ def parent_run(experiment: Experiment) -> Iterator[ParentRun]:
     else:
         if parent.owned:
             client.set_terminated(parent.run_id, "FINISHED")
+
+
+# -- reading back: `pbtflow report` ---------------------------------------------------
+def load_experiment_record(tracking_uri: str | None, run_id: str | None = None,
+                           experiment_name: str | None = None) -> dict[str, Any]:
+    """The parent run (by id, or the latest in an experiment), its children and
+    its lineage artifacts, as plain data."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    if run_id is None:
+        exp = client.get_experiment_by_name(experiment_name or "pbt")
+        if exp is None:
+            raise ExperimentError(f"experiment: no MLflow experiment {experiment_name!r} at {uri}; "
+                                  "check --experiment and --tracking-uri.")
+        parents = client.search_runs([exp.experiment_id], f"tags.`{names.ROLE}` = 'parent'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+        if not parents:
+            raise ExperimentError(f"experiment: {experiment_name!r} has no pbtflow parent run yet.")
+        parent = parents[0]
+    else:
+        try:
+            parent = client.get_run(run_id)
+        except Exception:
+            raise ExperimentError(f"run_id: no MLflow run {run_id!r} at {uri}; "
+                                  "copy the parent run's id from the MLflow UI.") from None
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`{names.PARENT_RUN_ID}` = '{parent.info.run_id}'",
+                                  max_results=10000)
+
+    def artifact(path: str) -> Any:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = client.download_artifacts(parent.info.run_id, path, tmp)
+            except Exception:
+                return None
+            return json.loads(Path(local).read_text())
+
+    return {
+        "client": client,
+        "parent": parent,
+        "metric": parent.data.params.get("metric", names.RETURN_MEAN),
+        "children": children,
+        "best_schedule": artifact("best_schedule.json"),
+    }
+
+
+def download_best_checkpoint(record: Mapping[str, Any], destination: str) -> str:
+    client: MlflowClient = record["client"]
+    Path(destination).mkdir(parents=True, exist_ok=True)
+    try:
+        return client.download_artifacts(record["parent"].info.run_id, "best_checkpoint", destination)
+    except Exception as exc:
+        raise ExperimentError(f"download: the parent run has no best_checkpoint artifact ({exc}); "
+                              "it is logged when tuning finishes.") from None

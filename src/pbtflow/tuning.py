@@ -3,9 +3,11 @@ callbacks) -> Ray Tune -> results, with every trial tracked in MLflow."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,16 +15,20 @@ from typing import Any, Mapping
 import numpy as np
 import ray
 from ray import tune as ray_tune
+from ray import cloudpickle
 from ray.tune import ResultGrid
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.logger import CSVLoggerCallback
 from ray.tune.utils import flatten_dict
 
-from pbtflow import names, tracking, trainables
+from pbtflow import baselines, lineage, names, tracking, trainables
 from pbtflow.experiment import Experiment, ExperimentError
 from pbtflow.pbt import build_scheduler, flatten_keys
+from pbtflow.retention import PBTSafeRetention
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "pbtflow_results"
+KEEP_CHECKPOINTS = 2  # per trial, besides those PBT may still restore from (see retention.py)
 
 
 class _Progress(ray_tune.Callback):
@@ -100,60 +106,86 @@ def _check_resources(experiment: Experiment) -> None:
                               f"the Ray cluster has {gpus:g}; lower --gpus-per-trial or add GPU nodes.")
 
 
+STATE_FILE = "pbtflow_state.pkl"  # the experiment and its parent run id, beside Tune's state
+
+
+def _load_resume_state(path: str) -> dict[str, Any]:
+    state_file = Path(path).expanduser() / STATE_FILE
+    if not state_file.is_file():
+        raise ExperimentError(f"resume: {path!r} is not an interrupted pbtflow experiment (no "
+                              f"{STATE_FILE}); pass the folder printed when it stopped.")
+    return cloudpickle.loads(state_file.read_bytes())
+
+
 def tune(experiment: Experiment) -> ResultGrid:
     """Run PBT for ``experiment`` and return Ray Tune's results. Every trial is
-    an MLflow child run under one parent run."""
+    an MLflow child run under one parent run. With ``experiment.resume`` set,
+    continue an interrupted experiment into the same runs."""
+    resume = _load_resume_state(experiment.resume) if experiment.resume else None
+    if resume is not None:
+        experiment = resume["experiment"]
     if experiment.seed is not None:
         random.seed(experiment.seed)
         np.random.seed(experiment.seed)
     spec = trainables.build(experiment)
     metric = experiment.metric or spec.metric
-    scheduler = build_scheduler(experiment, metric, spec.mutations, spec.repair)
+    if experiment.baseline:  # the same trainable, budget and population, without PBT
+        spec = baselines.baseline_spec(spec, experiment.baseline)
+        scheduler = baselines.NoPBT()
+    else:
+        scheduler = build_scheduler(experiment, metric, spec.mutations, spec.repair)
     hyperparameters = sorted(set(flatten_keys(spec.mutations))
                              | set(flatten_keys(experiment.initial or {}))
                              | set(spec.hyperparameters))
     storage = Path(experiment.storage_path or DEFAULT_STORAGE).expanduser().resolve()
     run_name = f"{experiment.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment_path = Path(resume["path"]) if resume else storage / run_name
 
-    with tracking.parent_run(experiment) as parent:
-        parent.log_experiment(experiment, {"metric": metric, "trainable_resolved": str(spec.trainable)})
-        parent.client.set_tag(parent.run_id, names.STORAGE, str(storage / run_name))
-        _init_ray()
-        _check_resources(experiment)
-        tracker = tracking.TrialTracker(parent.client, parent.experiment_id, parent.run_id,
-                                        hyperparameters, spec.logged_metrics, scheduler,
-                                        experiment.time_attr)
-        stopper = PopulationStopper(metric, experiment.mode, experiment.stop_iters,
-                                    experiment.stop_return)
-        tuner = ray_tune.Tuner(
-            spec.trainable,
-            param_space=spec.param_space,
-            tune_config=ray_tune.TuneConfig(
-                scheduler=scheduler,
-                num_samples=experiment.population,
-                reuse_actors=spec.reuse_actors,
-                search_alg=BasicVariantGenerator(random_state=experiment.seed),
-            ),
-            run_config=ray_tune.RunConfig(
-                name=run_name,
-                storage_path=str(storage),
-                stop=stopper,
-                callbacks=[tracker, _Progress(metric, scheduler)],
-                checkpoint_config=ray_tune.CheckpointConfig(
-                    checkpoint_frequency=experiment.perturbation_checkpoint_interval,
-                    checkpoint_at_end=True,
-                    num_to_keep=4,
-                ),
-                failure_config=ray_tune.FailureConfig(max_failures=experiment.max_failures),
-                verbose=0,  # _Progress prints a compact summary instead
-            ),
-        )
+    # Fail on an unreachable tracking server before Ray starts, and on a trial
+    # larger than the cluster before a parent run is opened.
+    tracking.check_reachable(tracking.resolve_tracking_uri(experiment))
+    _init_ray()
+    _check_resources(experiment)
+    with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None) as parent:
+        if resume is None:
+            parent.log_experiment(experiment, {"metric": metric,
+                                               "trainable_resolved": str(spec.trainable)})
+            parent.client.set_tag(parent.run_id, names.STORAGE, str(experiment_path))
+            if experiment.baseline:
+                parent.client.set_tag(parent.run_id, names.BASELINE, experiment.baseline)
+            tuner = _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent,
+                               storage, run_name)
+            experiment_path.mkdir(parents=True, exist_ok=True)
+            (experiment_path / STATE_FILE).write_bytes(cloudpickle.dumps(
+                {"experiment": experiment, "parent_run_id": parent.run_id,
+                 "path": str(experiment_path)}))
+        else:
+            tuner = ray_tune.Tuner.restore(str(experiment_path), trainable=spec.trainable,
+                                           param_space=spec.param_space, resume_unfinished=True,
+                                           resume_errored=True)
+        run_config = tuner._local_tuner.get_run_config()
+        tracker = next(c for c in run_config.callbacks if isinstance(c, tracking.TrialTracker))
+        stopper = run_config.stop
+        if resume is not None:
+            tracker.reopen()
+        # PopulationStopper reports a missing metric in one sentence; Tune's own
+        # check would raise first with the whole result dumped.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        # Tune turns SIGINT into a clean stop; make SIGTERM do the same.
+        previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         try:
-            results = tuner.fit()
+            with _csv_logger_only():
+                results = tuner.fit()
         finally:
+            signal.signal(signal.SIGTERM, previous)
             tracker.close()
         if stopper.error:
             raise ExperimentError(stopper.error)
+        statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
+        if tracker.end_remaining(statuses):
+            raise tracking.TuningInterrupted(
+                f"interrupted; the experiment state is saved in {experiment_path}. Resume with: "
+                f"python src/tune_ppo.py --resume {experiment_path}")
         if results.num_errors == len(results):
             raise RuntimeError(f"every trial failed; first error: {results.errors[0]}")
         best = results.get_best_result(metric, experiment.mode, scope="last")
@@ -162,5 +194,88 @@ def tune(experiment: Experiment) -> ResultGrid:
         parent.log_best(best_trial, metric, value,
                         {k: v for k, v in flatten_dict(best.config, delimiter=".").items()
                          if k in hyperparameters})
+        events = tracker.events
+        tracking.log_lineage(parent, lineage.build_lineage(events, tracker.initial),
+                             lineage.best_schedule(events, tracker.initial, best_trial),
+                             best.checkpoint.path if best.checkpoint else None)
+        _log_plots(experiment, results, events, experiment_path, parent)
         log.info("best trial %s: %s = %s", best_trial, metric, value)
     return results
+
+
+def _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent, storage,
+               run_name) -> ray_tune.Tuner:
+    tracker = tracking.TrialTracker(parent.client, parent.experiment_id, parent.run_id,
+                                    hyperparameters, spec.logged_metrics, scheduler,
+                                    experiment.time_attr)
+    stopper = PopulationStopper(metric, experiment.mode, experiment.stop_iters,
+                                experiment.stop_return)
+    return ray_tune.Tuner(
+        spec.trainable,
+        param_space=spec.param_space,
+        tune_config=ray_tune.TuneConfig(
+            scheduler=scheduler,
+            num_samples=experiment.population,
+            reuse_actors=spec.reuse_actors,
+            search_alg=BasicVariantGenerator(random_state=experiment.seed,
+                                             points_to_evaluate=spec.points_to_evaluate),
+        ),
+        run_config=ray_tune.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            stop=stopper,
+            callbacks=[tracker, _Progress(metric, scheduler), CSVLoggerCallback(),
+                       PBTSafeRetention(keep=KEEP_CHECKPOINTS, scheduler=scheduler)],
+            checkpoint_config=_checkpoint_config(experiment, spec),
+            failure_config=ray_tune.FailureConfig(max_failures=experiment.max_failures),
+            verbose=0,  # _Progress prints a compact summary instead
+        ),
+    )
+
+
+@contextlib.contextmanager
+def _csv_logger_only():
+    """Tune's result loggers without JSON and TensorBoard: the JSON logger copies
+    a trial's result.json back from storage whenever the trial restarts (after
+    every PBT pause), truncating the rows not yet synced, and both cost time.
+    progress.csv keeps every row and is what Result.metrics_dataframe reads."""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    previous = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+def _checkpoint_config(experiment: Experiment, spec: trainables.TrainableSpec) -> ray_tune.CheckpointConfig:
+    # Tune keeps every checkpoint (num_to_keep=None): its per-trial retention can
+    # delete a donor checkpoint PBT still has to restore from. PBTSafeRetention
+    # prunes instead, with the whole population in view.
+    if spec.function:  # it reports its own checkpoints (pbtflow.checkpoint)
+        return ray_tune.CheckpointConfig(num_to_keep=None)
+    return ray_tune.CheckpointConfig(
+        checkpoint_frequency=experiment.perturbation_checkpoint_interval,
+        checkpoint_at_end=True,
+        num_to_keep=None,
+    )
+
+
+def _log_plots(experiment: Experiment, results: ResultGrid, events: list, experiment_path: Path,
+               parent: tracking.ParentRun) -> None:
+    """Pictures of the run next to its results and in the parent run; a failure
+    here only warns, the run itself is recorded already."""
+    from pbtflow import plots  # matplotlib, only when there is something to draw
+
+    title = experiment.trainable + (f", {experiment.baseline} baseline (no PBT)"
+                                    if experiment.baseline else ", PBT")
+    try:
+        paths = plots.write(experiment.trainable, results, events, experiment_path / "plots", title)
+        if paths:
+            parent.log_artifacts(paths)
+            log.info("pictures: %s", ", ".join(str(p) for p in paths))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("pbtflow: could not draw the pictures (%s: %s)", type(exc).__name__, exc)

@@ -11,6 +11,8 @@ from typing import Any, Callable
 # Built-in names -> modules, imported only when used (RLlib is heavy).
 BUILTIN = {
     "ppo": "pbtflow.trainables.ppo",
+    "lr-schedule": "pbtflow.trainables.lr_schedule",
+    "quadratic": "pbtflow.trainables.quadratic",
 }
 
 # Experiment settings each trainable brings as its preset; a setting the user
@@ -20,6 +22,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "population": 4, "stop_iters": 100, "stop_return": 450.0,
         "time_attr": "training_iteration", "perturbation_interval": 3,
         "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+    },
+    # Ray's PBT function example; each member stops itself when `done`.
+    "lr-schedule": {
+        "population": 8, "stop_iters": 1000, "stop_return": None, "metric": "mean_accuracy",
+        "time_attr": "training_iteration", "perturbation_interval": 5,
+        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+    },
+    # The PBT paper's Figure 2.
+    "quadratic": {
+        "population": 2, "stop_iters": 100, "stop_return": None, "metric": "Q",
+        "time_attr": "training_iteration", "perturbation_interval": 4,
+        "quantile_fraction": 0.5, "resample_probability": 0.5, "synch": True,
     },
     "custom": {
         "population": 4, "stop_iters": 100, "stop_return": None,
@@ -42,9 +56,13 @@ class TrainableSpec:
     logged_metrics: tuple[str, ...] | None = None  # None: every numeric result field
     reuse_actors: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    function: bool = False  # a function trainable: it reports its own checkpoints
+    # Starting configs of the first members (the rest sample param_space).
+    points_to_evaluate: list[dict[str, Any]] | None = None
 
 
 def build(experiment) -> TrainableSpec:
-    """The spec for ``experiment.trainable``."""
-    module = importlib.import_module(BUILTIN[experiment.trainable])
-    return module.build(experiment)
+    """The spec for ``experiment.trainable``; a "package.module:function" is
+    imported and checked here, before Ray starts."""
+    name = BUILTIN.get(experiment.trainable, "pbtflow.trainables.function")
+    return importlib.import_module(name).build(experiment)

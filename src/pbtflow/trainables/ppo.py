@@ -41,9 +41,9 @@ LAPTOP = {
         "lambda": 0.95,
         "clip_param": 0.2,
         "lr": tune.choice([1e-3, 5e-4, 1e-4]),
-        "num_epochs": tune.choice([5, 10, 20]),
-        "minibatch_size": tune.choice([64, 128, 256]),
-        "train_batch_size_per_learner": tune.choice([1000, 2000, 4000]),
+        "num_epochs": tune.choice([5, 10, 15]),
+        "minibatch_size": tune.choice([128, 256]),
+        "train_batch_size_per_learner": tune.choice([1000, 2000]),
         "kl_coeff": 1.0,
     },
     "mutations": {
@@ -87,6 +87,34 @@ LOGGED_METRICS = (
 )
 
 
+def _effective_values_callback():
+    from ray.rllib.callbacks.callbacks import RLlibCallback
+
+    class EffectiveValues(RLlibCallback):
+        """Reports the values the learner really trains with, so that tracking
+        can check them against what PBT set (a restored checkpoint has been
+        known to override perturbed values: ray issues 62173, 35640)."""
+
+        def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs):
+            learner = getattr(algorithm.learner_group, "_learner", None)
+            config = learner.config if learner is not None else algorithm.config
+            module = config.get_config_for_module("default_policy")
+            effective = {
+                "clip_param": module.clip_param,
+                "lambda": module.lambda_,
+                "num_epochs": algorithm.config.num_epochs,
+                "minibatch_size": algorithm.config.minibatch_size,
+                "train_batch_size_per_learner": algorithm.config.train_batch_size_per_learner,
+            }
+            lr = result.get("learners", {}).get("default_policy", {}).get(
+                "default_optimizer_learning_rate")  # read from the optimizer itself
+            if lr is not None:
+                effective["lr"] = lr
+            result["effective"] = effective
+
+    return EffectiveValues
+
+
 def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> None:
     """Keep PPO's settings consistent after a mutation (in place; values are
     already inside ``bounds``): at least one epoch, and a train batch at least
@@ -120,8 +148,11 @@ def build(experiment) -> TrainableSpec:
         .environment(experiment.env)
         .env_runners(num_env_runners=experiment.num_env_runners,
                      num_cpus_per_env_runner=experiment.cpus_per_env_runner)
-        .learners(num_gpus_per_learner=experiment.gpus_per_trial)
+        .learners(num_gpus_per_learner=experiment.gpus_per_trial,
+                  num_cpus_per_learner=experiment.cpus_per_trial_process)
+        .resources(num_cpus_for_main_process=experiment.cpus_per_trial_process)
         .debugging(seed=experiment.seed)
+        .callbacks(_effective_values_callback())
     )
     param_space = config.to_dict()
     param_space.update(initial)

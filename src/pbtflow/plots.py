@@ -1,0 +1,247 @@
+"""Pictures of the reference experiments (matplotlib, files only).
+
+- quadratic: each member's (theta0, theta1) path over the contours of the true
+  objective Q, with PBT's exploits (the jumps to the donor's theta) labelled
+  with their step; Q over time per member; an animated GIF of the paths.
+- lr-schedule: each member's learning rate against its accuracy, over the
+  triangle-shaped optimal schedule; accuracy over time per member.
+
+The data are Tune's per-trial results (``Result.metrics_dataframe``) and the
+exploit events that :class:`pbtflow.pbt.RecordingPBT` records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, safe in Ray workers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+from pandas.api.types import is_bool_dtype, is_numeric_dtype  # noqa: E402
+
+from pbtflow import names  # noqa: E402
+
+QUADRATIC_PATHS = "quadratic_paths.png"
+QUADRATIC_Q = "quadratic_q.png"
+QUADRATIC_GIF = "quadratic_paths.gif"
+LR_SCHEDULE = "lr_schedule.png"
+COLORS = ["black", "tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple",
+          "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+
+
+@dataclass
+class Member:
+    """One trial's reported rows, in report order, and where it exploited."""
+
+    trial_id: str
+    label: str
+    rows: dict[str, np.ndarray]  # column -> values, one per reported result
+    exploits: list[tuple[int, str]] = field(default_factory=list)  # (row index, donor id)
+
+    def column(self, key: str) -> np.ndarray:
+        return self.rows.get(key, np.full(len(self), np.nan))
+
+    def __len__(self) -> int:
+        return len(self.rows.get(names.TRAINING_ITERATION, []))
+
+
+def members_from(results: Iterable[Any], events: Sequence[Mapping[str, Any]] = (),
+                 label: Any = None) -> list[Member]:
+    """Members from a Tune ResultGrid (or any iterable of Results), ordered by
+    trial id; ``label(index, first_row) -> str`` names them."""
+    members = []
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is None or frame.empty:
+            continue
+        trial_id = str((result.metrics or {}).get("trial_id") or frame["trial_id"].iloc[0])
+        rows = {c: frame[c].to_numpy(dtype=float) for c in frame.columns
+                if is_numeric_dtype(frame[c]) or is_bool_dtype(frame[c])}
+        members.append(Member(trial_id, "", rows))
+    members.sort(key=lambda m: m.trial_id)
+    for index, member in enumerate(members):
+        first = {k: v[0] for k, v in member.rows.items()}
+        member.label = label(index, first) if label else f"member {index}"
+        member.exploits = _exploit_rows(member, [e for e in events if e["trial_id"] == member.trial_id])
+    return members
+
+
+def _exploit_rows(member: Member, events: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """Match each exploit to the last row the member reported before it (the
+    row whose training_iteration is the event's step, scanning forwards)."""
+    iterations = member.column(names.TRAINING_ITERATION)
+    found, start = [], 0
+    for event in events:
+        step = event.get("step", event.get("time"))
+        hits = [i for i in range(start, len(iterations)) if iterations[i] == step]
+        if hits:
+            found.append((hits[0], str(event["donor_id"])))
+            start = hits[0] + 1
+    return found
+
+
+# -- quadratic --------------------------------------------------------------------------
+def _q_contours(ax, limit: float = 1.0) -> None:
+    from pbtflow.trainables.quadratic import Q_MAX, SCALE
+
+    grid = np.linspace(-0.1, limit, 200)
+    t0, t1 = np.meshgrid(grid, grid)
+    q = Q_MAX - (SCALE[0] * t0 ** 2 + SCALE[1] * t1 ** 2)
+    levels = np.round(np.linspace(q.min(), Q_MAX, 9), 2)
+    contour = ax.contour(t0, t1, q, levels=levels, colors="0.75", linewidths=0.8)
+    ax.clabel(contour, fmt="Q=%.2f", fontsize=7)
+    ax.plot([0], [0], marker="*", color="gold", markersize=16, markeredgecolor="black",
+            linestyle="none", label=f"optimum Q = {Q_MAX}")
+
+
+def _draw_paths(ax, members: Sequence[Member], upto: int | None, label_exploits: bool) -> None:
+    from pbtflow.trainables.quadratic import THETA_START
+
+    ax.plot(*THETA_START, marker="o", color="0.3", markersize=7, linestyle="none",
+            label=f"start theta = {THETA_START}")
+    for i, member in enumerate(members):
+        color = COLORS[i % len(COLORS)]
+        n = len(member) if upto is None else min(upto, len(member))
+        x = np.r_[THETA_START[0], member.column("theta0")[:n]]
+        y = np.r_[THETA_START[1], member.column("theta1")[:n]]
+        jumps = {row + 1 for row, _ in member.exploits if row + 1 < n}  # x/y index after the jump
+        start = 0
+        for cut in sorted(jumps) + [len(x) - 1]:
+            ax.plot(x[start:cut + 1], y[start:cut + 1], "-", color=color, linewidth=1.2,
+                    alpha=0.9, label=member.label if start == 0 else None)
+            start = cut + 1
+            if cut + 1 < len(x):  # the exploit: copy the donor's theta, then step
+                ax.annotate("", xy=(x[cut + 1], y[cut + 1]), xytext=(x[cut], y[cut]),
+                            arrowprops=dict(arrowstyle="->", linestyle="--", color=color, lw=1))
+        ax.scatter(x[1:], y[1:], s=10, color=color, zorder=3)
+        if label_exploits:
+            for row, _ in member.exploits:
+                if row + 1 < n:
+                    step = int(member.column(names.TRAINING_ITERATION)[row])
+                    ax.annotate(f"{step}", (x[row + 2], y[row + 2]), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7, color=color)
+    if any(m.exploits for m in members):
+        ax.plot([], [], "--", color="0.4", label="exploit (copy donor, explore h); number = step")
+
+
+def plot_quadratic(members: Sequence[Member], folder: Path, title: str = "") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    from pbtflow.trainables.quadratic import Q_MAX
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 6.2))
+    _q_contours(ax)
+    _draw_paths(ax, members, None, label_exploits=True)
+    ax.set(xlabel="theta0", ylabel="theta1", xlim=(-0.1, 1.0), ylim=(-0.1, 1.0),
+           title=title or "quadratic: parameter paths over Q contours")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    paths.append(_save(fig, folder / QUADRATIC_PATHS))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, member in enumerate(members):
+        color = COLORS[i % len(COLORS)]
+        steps = np.arange(1, len(member) + 1)
+        ax.plot(steps, member.column(names.Q), color=color, label=member.label)
+        rows = [r for r, _ in member.exploits]
+        if rows:
+            ax.plot(steps[rows], member.column(names.Q)[rows], "v", color=color, markersize=6,
+                    label=f"{member.label}: exploits")
+    ax.axhline(Q_MAX, color="gold", linestyle="--", label=f"optimum Q = {Q_MAX}")
+    ax.set(xlabel="step (training iteration)", ylabel="Q(theta) (true objective)",
+           title=(title or "quadratic") + ": Q over time per member")
+    ax.set_ylim(top=Q_MAX + 0.05)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    paths.append(_save(fig, folder / QUADRATIC_Q))
+
+    paths.append(animate_quadratic(members, folder / QUADRATIC_GIF, title))
+    return paths
+
+
+def animate_quadratic(members: Sequence[Member], path: Path, title: str = "",
+                      fps: int = 10) -> Path:
+    frames = max((len(m) for m in members), default=0)
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=72)
+
+    def draw(step: int):
+        ax.clear()
+        _q_contours(ax)
+        _draw_paths(ax, members, step + 1, label_exploits=False)
+        ax.set(xlabel="theta0", ylabel="theta1", xlim=(-0.1, 1.0), ylim=(-0.1, 1.0),
+               title=f"{title or 'quadratic'}: step {step + 1}")
+        ax.set_aspect("equal")
+        ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+
+    animation = FuncAnimation(fig, draw, frames=frames, interval=1000 / fps)
+    animation.save(str(path), writer=PillowWriter(fps=fps))
+    plt.close(fig)
+    return path
+
+
+# -- lr-schedule ------------------------------------------------------------------------
+def plot_lr_schedule(members: Sequence[Member], folder: Path, title: str = "") -> list[Path]:
+    from pbtflow.trainables.lr_schedule import Q_TOLERANCE, TARGET, optimal_lr
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw=dict(width_ratios=[1.3, 1]))
+    accuracy = np.linspace(0, TARGET, 401)
+    best = np.array([optimal_lr(a) for a in accuracy])
+    left.fill_between(accuracy, best / Q_TOLERANCE, best * Q_TOLERANCE, color="gold", alpha=0.25,
+                      label=f"lr within x{Q_TOLERANCE:g} of optimal (accuracy grows)")
+    left.plot(accuracy, best, "--", color="black", linewidth=2, label="optimal lr (triangle)")
+    for i, member in enumerate(members):
+        color = COLORS[i % len(COLORS)]
+        left.plot(member.column(names.MEAN_ACCURACY), member.column("cur_lr"), "-", color=color,
+                  linewidth=1, alpha=0.8, marker=".", markersize=3, label=member.label)
+        steps = np.arange(1, len(member) + 1)
+        right.plot(steps, member.column(names.MEAN_ACCURACY), color=color, linewidth=1,
+                   label=member.label)
+        rows = [r for r, _ in member.exploits]
+        if rows:
+            right.plot(steps[rows], member.column(names.MEAN_ACCURACY)[rows], "v", color=color,
+                       markersize=4)
+    left.set_yscale("log")
+    left.set(xlabel="accuracy", ylabel="learning rate (log scale)", xlim=(0, TARGET * 1.05),
+             title=(title or "lr-schedule") + ": each member's lr vs. accuracy")
+    left.grid(alpha=0.3, which="both")
+    left.legend(loc="lower center", fontsize=7, ncol=2, framealpha=0.9)
+    right.axhline(TARGET, color="gold", linestyle="--", label=f"done: accuracy > {TARGET:g}")
+    if any(m.exploits for m in members):
+        right.plot([], [], "v", color="0.4", label="exploit")
+    right.set(xlabel="step of the member (reports so far)", ylabel="accuracy",
+              title="accuracy over time per member")
+    right.grid(alpha=0.3)
+    right.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return [_save(fig, folder / LR_SCHEDULE)]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- entry used by tuning ---------------------------------------------------------------
+def _quadratic_label(index: int, first: Mapping[str, Any]) -> str:
+    return f"member {index}: h = ({first.get('h0', float('nan')):g}, {first.get('h1', float('nan')):g}) at start"
+
+
+def write(trainable: str, results: Iterable[Any], events: Sequence[Mapping[str, Any]],
+          folder: str | Path, title: str = "") -> list[Path]:
+    """The pictures of a finished experiment, written into ``folder``; none for
+    trainables without pictures."""
+    folder = Path(folder)
+    if trainable == "quadratic":
+        return plot_quadratic(members_from(results, events, _quadratic_label), folder, title)
+    if trainable == "lr-schedule":
+        return plot_lr_schedule(members_from(results, events), folder, title)
+    return []

@@ -1,0 +1,42 @@
+"""Plain-text report of a tuned experiment: the leaderboard of its trials and
+the schedule the best one trained with."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pbtflow import names
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_report(record: Mapping[str, Any]) -> str:
+    parent, metric, children = record["parent"], record["metric"], record["children"]
+    best = parent.data.tags.get(names.BEST_TRIAL, "")
+    lines = [f"parent run {parent.info.run_id} ({parent.info.status}), metric {metric}, "
+             f"{len(children)} trials, best trial {best or '-'}", ""]
+    rows = []
+    for child in children:
+        value = child.data.metrics.get(metric)
+        rows.append((child.data.tags.get(names.TRIAL_ID, "?"), value,
+                     int(child.data.metrics.get(names.EXPLOITS, 0)), child.info.status))
+    reverse = parent.data.params.get("mode", "max") == "max"
+    rows.sort(key=lambda r: (r[1] is None, -(r[1] or 0) if reverse else (r[1] or 0)))
+    header = ("trial", f"final {metric}", "exploits", "status")
+    table = [header] + [(t, _fmt(v) if v is not None else "-", str(x), s) for t, v, x, s in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    schedule = record.get("best_schedule")
+    if schedule:
+        lines += ["", f"best schedule ({schedule['trial_id']}, inherited from {schedule['root']}):",
+                  "  from step 0: " + ", ".join(f"{k}={_fmt(v)}" for k, v in schedule["initial"].items())]
+        for change in schedule["changes"]:
+            lines.append(f"  from step {change['step']} (copied by {change['trial']} from "
+                         f"{change['donor']}): " + ", ".join(f"{k}={_fmt(v)}"
+                                                             for k, v in change["config"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""Function trainables: a user's own ``package.module:function`` and the
+wrapper every function trainable runs in (the built-in toys included), which
+hands the experiment's checkpoint interval and seed to
+:mod:`pbtflow.checkpoint` inside the worker."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from typing import Any, Callable
+
+from ray import tune
+
+from pbtflow import checkpoint
+from pbtflow.experiment import ExperimentError
+from pbtflow.trainables import TrainableSpec
+
+
+def load(path: str) -> Callable[[dict], Any]:
+    """Import ``package.module:function`` and check that it can take a config;
+    fail with one sentence otherwise (before Ray starts)."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or an error raised while importing it
+        raise ExperimentError(
+            f"trainable: {module_name!r} must be an importable module, but got trainable={path!r} "
+            f"({type(exc).__name__}: {exc}); run from the folder that holds it, add that folder to "
+            "PYTHONPATH, or pip install your package.") from None
+    function = getattr(module, attr, None)
+    if function is None:
+        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                        and getattr(v, "__module__", None) == module.__name__)
+        raise ExperimentError(
+            f"trainable: module {module_name!r} must define {attr!r}, but got trainable={path!r}; "
+            f"its functions are: {', '.join(public) or 'none'}.")
+    if not callable(function) or inspect.isclass(function):
+        raise ExperimentError(
+            f"trainable: {path!r} must name a function taking the config dict, but got a "
+            f"{type(function).__name__}; point it at a `def {attr}(config): ...`.")
+    try:
+        inspect.signature(function).bind({})
+    except TypeError:
+        raise ExperimentError(
+            f"trainable: {path!r} must accept exactly one argument (the config dict), but got "
+            f"{attr}{inspect.signature(function)}; define it as `def {attr}(config): ...`.") from None
+    except ValueError:  # builtins without a signature: let Tune try
+        pass
+    return function
+
+
+def wrap(function: Callable[[dict], Any], interval: int, seed: int | None) -> Callable[[dict], Any]:
+    """The function Tune runs: sets the checkpoint interval and seed for
+    :mod:`pbtflow.checkpoint` in the worker, then calls ``function``."""
+
+    @functools.wraps(function)
+    def trainable(config: dict) -> Any:
+        checkpoint.configure(interval=interval, seed=seed)
+        return function(config)
+
+    return trainable
+
+
+def spec(function: Callable[[dict], Any], experiment, *, metric: str | None,
+         initial: dict[str, Any], mutations: dict[str, Any] | None,
+         **extra: Any) -> TrainableSpec:
+    """The TrainableSpec of a function trainable; ``experiment.initial`` and
+    ``experiment.mutations`` override the given ones."""
+    initial = {**initial, **(experiment.initial or {})}
+    mutations = experiment.mutations if experiment.mutations is not None else mutations
+    metric = experiment.metric or metric
+    if metric is None:
+        raise ExperimentError(
+            f"metric: a custom trainable needs the metric PBT ranks members by, but got none for "
+            f"trainable={experiment.trainable!r}; pass --metric with a key your function reports.")
+    if not mutations:
+        raise ExperimentError(
+            f"mutations: PBT needs the hyperparameters to mutate, but got none for "
+            f"trainable={experiment.trainable!r}; add `mutations:` to the --config YAML file "
+            "(e.g. lr: {loguniform: [1.0e-4, 1.0e-1]}) or pass Experiment(mutations=...).")
+    trainable = wrap(function, experiment.perturbation_checkpoint_interval, experiment.seed)
+    return TrainableSpec(
+        trainable=tune.with_resources(trainable, {"cpu": experiment.cpus_per_trial}),
+        param_space=initial,
+        metric=metric,
+        mutations=mutations,
+        hyperparameters=tuple(initial),
+        reuse_actors=True,
+        function=True,
+        **extra,
+    )
+
+
+def build(experiment) -> TrainableSpec:
+    """A user's ``package.module:function`` trainable."""
+    function = load(experiment.trainable)
+    return spec(function, experiment, metric=None, initial={}, mutations=None,
+                tags={"trainable.function": experiment.trainable})

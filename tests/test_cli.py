@@ -1,0 +1,50 @@
+"""Bad input through the real entry script: one sentence, exit code 2, no
+traceback, and no Ray started."""
+
+import pytest
+
+from conftest import free_port, run_entry
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--env", "CartPole-v9"], "env: 'CartPole-v9' is not a registered gymnasium environment id"),
+    (["--population", "two"], "population: expected int, but got 'two'"),
+    (["--quantile-fraction", "0.9"], "quantile_fraction: must lie in [0, 0.5]"),
+    (["--perturbation-interval", "0"], "perturbation_interval: must be positive"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--config", "missing.yaml"], "config: no such file"),
+])
+def test_bad_flags_fail_fast(tmp_path, args, words):
+    proc = run_entry(*args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("population: [4\n", "is not valid YAML at line 2"),
+    ("env: CartPole-v1\nstop_iter: 3\n", "unknown key 'stop_iter'"),
+])
+def test_bad_yaml_fails_fast(tmp_path, text, words):
+    (tmp_path / "exp.yaml").write_text(text)
+    proc = run_entry("--config", "exp.yaml", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unreachable_tracking_server_fails_before_ray(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    proc = run_entry("--smoke", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert f"tracking_uri: the MLflow tracking server at {uri} is not reachable" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+def test_help_lists_every_setting(tmp_path):
+    proc = run_entry("--help", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--env", "--population", "--stop-iters", "--stop-return", "--time-attr",
+                 "--perturbation-interval", "--quantile-fraction", "--resample-probability",
+                 "--synch", "--num-env-runners", "--experiment-name", "--tracking-uri",
+                 "--storage-path", "--seed", "--smoke", "--config"):
+        assert flag in proc.stdout

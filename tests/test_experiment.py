@@ -1,0 +1,91 @@
+"""The experiment model: defaults, presets, and every accepted and rejected boundary."""
+
+import pytest
+
+from pbtflow.experiment import Experiment, ExperimentError, from_sources, load_yaml
+
+
+def test_defaults_are_the_ppo_laptop_preset():
+    exp = Experiment()
+    assert (exp.trainable, exp.env, exp.population, exp.stop_return) == ("ppo", "CartPole-v1", 4, 450.0)
+    assert exp.perturbation_checkpoint_interval == exp.perturbation_interval == 3
+
+
+def test_smoke_shrinks_the_population_and_budget():
+    exp = Experiment(smoke=True)
+    assert exp.population == 2 and exp.stop_iters <= 6
+
+
+@pytest.mark.parametrize("key, value", [
+    ("population", 2), ("quantile_fraction", 0), ("quantile_fraction", 0.5),
+    ("resample_probability", 0), ("resample_probability", 1), ("perturbation_interval", 0.5),
+    ("stop_return", "inf"), ("num_env_runners", 0), ("max_failures", -1),
+])
+def test_accepted_boundaries(key, value):
+    Experiment(**{key: value})
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("population", 1, "at least 2 members"),
+    ("population", "four", "expected int"),
+    ("population", 2.5, "expected int"),
+    ("quantile_fraction", 0.51, "[0, 0.5]"),
+    ("quantile_fraction", -0.1, "[0, 0.5]"),
+    ("resample_probability", 1.01, "[0, 1]"),
+    ("perturbation_interval", 0, "must be positive"),
+    ("perturbation_interval", -3, "must be positive"),
+    ("stop_iters", 0, "at least 1"),
+    ("mode", "maximum", "'max' or 'min'"),
+    ("num_env_runners", -1, "0 or more"),
+    ("checkpoint_interval", 2, "must divide perturbation_interval=3"),
+    ("env", "CartPole-v2", "did you mean 'CartPole-v1'"),
+    ("env", "NoSuchThing", "not a registered gymnasium"),
+    ("trainable", "not a path", "package.module:function"),
+    ("mutations", {"lr": 3}, "must be a list, a Tune domain"),
+    ("mutations", {"lr": {"uniform": ["a", "b"]}}, "not a valid Tune domain"),
+    ("mutations", {}, "at least one hyperparameter"),
+    ("synch", "maybe", "expected bool"),
+])
+def test_rejected_inputs_name_the_key(key, value, words):
+    with pytest.raises(ExperimentError) as err:
+        Experiment(**{key: value})
+    message = str(err.value)
+    assert message.startswith(key) and words in message
+    assert "\n" not in message
+
+
+def test_any_registered_env_is_accepted():
+    assert Experiment(env="Pendulum-v1").env == "Pendulum-v1"
+    assert Experiment(env="Acrobot-v1").env == "Acrobot-v1"
+
+
+def test_flags_override_the_yaml_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("population: 6\nenv: Acrobot-v1\nstop-iters: 7\n"
+                    "mutations:\n  lr: [1.0e-3, 1.0e-4]\n  clip_param: {uniform: [0.1, 0.3]}\n")
+    exp = from_sources(path, {"population": "3"})
+    assert (exp.population, exp.env, exp.stop_iters) == (3, "Acrobot-v1", 7)
+    assert exp.mutations["lr"] == [1e-3, 1e-4]
+
+
+def test_unknown_yaml_key_suggests_the_closest(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("populaton: 4\n")
+    with pytest.raises(ExperimentError, match="unknown key 'populaton'.*did you mean 'population'"):
+        load_yaml(path)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("population: [4\n", "not valid YAML at line"),
+    ("- 1\n- 2\n", "must hold a mapping"),
+])
+def test_bad_yaml_files(tmp_path, text, words):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    with pytest.raises(ExperimentError, match=words.replace("[", r"\[")):
+        load_yaml(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ExperimentError, match="no such file"):
+        load_yaml(tmp_path / "nope.yaml")

@@ -1,0 +1,112 @@
+"""End to end: PBT on RLlib PPO, tracked in a real MLflow store and a real
+`mlflow server` over HTTP, on a real 2-CPU Ray runtime."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import pbtflow
+from pbtflow import names
+from pbtflow.cli import main
+from pbtflow.experiment import ExperimentError
+from pbtflow.lineage import count_global_log
+from mlflow_checks import assert_nested_runs, runs_by_role
+from conftest import run_entry
+
+METRIC = names.RETURN_MEAN
+
+
+@pytest.fixture(scope="module")
+def smoke_run(ray_runtime, tmp_path_factory):
+    """One synchronous smoke run (2 members exploit at every interval), shared
+    by the tests below."""
+    root = tmp_path_factory.mktemp("smoke")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    exp = pbtflow.Experiment(smoke=True, synch=True, seed=0, experiment_name="smoke",
+                             tracking_uri=uri, storage_path=str(root / "results"))
+    results = pbtflow.tune(exp)
+    return results, MlflowClient(uri), uri
+
+
+def test_smoke_run_nests_every_trial_under_one_parent(smoke_run):
+    results, client, _ = smoke_run
+    assert results.num_errors == 0
+    parent, children = assert_nested_runs(client, "smoke", results, METRIC)
+    assert parent.data.params["population"] == "2"
+    for child in children:  # the initial hyperparameters, logged once as params
+        assert {"lr", "lambda", "clip_param", "num_epochs"} <= set(child.data.params)
+
+
+def test_exploits_match_rays_own_log_and_change_the_schedule(smoke_run):
+    results, client, _ = smoke_run
+    _, children = runs_by_role(client, "smoke")
+    ray_counts = count_global_log(results.experiment_path)
+    assert sum(ray_counts.values()) >= 1, "synchronous PBT with 2 members must exploit"
+    for child in children:
+        trial_id = child.data.tags[names.TRIAL_ID]
+        index = int(trial_id.rsplit("_", 1)[1])
+        assert child.data.metrics[names.EXPLOITS] == ray_counts.get(index, 0)
+        events = json.loads(open(client.download_artifacts(
+            child.info.run_id, "pbt_events.json", str(results.experiment_path))).read())
+        assert len(events) == ray_counts.get(index, 0)
+        if events:  # the copied member's hp/* history changes at the exploit
+            lambdas = [m.value for m in client.get_metric_history(child.info.run_id, "hp/lambda")]
+            assert len(set(lambdas)) > 1
+
+
+def test_learner_uses_the_perturbed_values(smoke_run):
+    _, client, _ = smoke_run
+    _, children = runs_by_role(client, "smoke")
+    for child in children:
+        for key in ("lr", "clip_param", "lambda", "num_epochs", "minibatch_size"):
+            used = client.get_metric_history(child.info.run_id, names.EFFECTIVE_PREFIX + key)
+            wanted = {m.step: m.value for m in
+                      client.get_metric_history(child.info.run_id, names.HP_PREFIX + key)}
+            assert used, f"effective/{key} was not logged"
+            for m in used:
+                assert m.value == pytest.approx(wanted[m.step], rel=1e-6), (key, m.step)
+
+
+def test_report_and_download(smoke_run, tmp_path, capsys):
+    results, client, uri = smoke_run
+    parents, _ = runs_by_role(client, "smoke")
+    code = main(["report", "--run-id", parents[0].info.run_id, "--tracking-uri", uri,
+                 "--download", str(tmp_path / "best")])
+    out = capsys.readouterr().out
+    assert code == 0
+    for result in results:
+        assert result.metrics["trial_id"] in out
+    assert "best schedule" in out and "FINISHED" in out
+    assert any((tmp_path / "best").rglob("*.pkl")) or any((tmp_path / "best").rglob("*.json"))
+    assert main(["report", "--experiment", "smoke", "--latest", "--tracking-uri", uri]) == 0
+
+
+def test_same_against_a_real_mlflow_server(ray_runtime, workdir, mlflow_server):
+    exp = pbtflow.Experiment(smoke=True, seed=1, experiment_name="over-http",
+                             tracking_uri=mlflow_server)
+    results = pbtflow.tune(exp)
+    assert_nested_runs(MlflowClient(mlflow_server), "over-http", results, METRIC)
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_failure_marks_the_parent_failed_with_the_message(ray_runtime, workdir):
+    exp = pbtflow.Experiment(smoke=True, metric="no/such/metric", experiment_name="broken")
+    with pytest.raises(ExperimentError, match="never reports 'no/such/metric'"):
+        pbtflow.tune(exp)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parents, children = runs_by_role(client, "broken")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert "no/such/metric" in parents[0].data.tags[names.ERROR]
+    assert children and all(c.data.tags[names.PARENT_RUN_ID] == parents[0].info.run_id
+                            for c in children)
+
+
+def test_entry_point_smoke(tmp_path):
+    """The real script, as a user runs it, with the embedded MLflow store."""
+    proc = run_entry("--smoke", "--experiment-name", "entry", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pbtflow: 2 trials, 0 errored" in proc.stdout
+    parents, children = runs_by_role(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "entry")
+    assert len(parents) == 1 and len(children) == 2
+    assert all(c.info.status == "FINISHED" for c in children)
