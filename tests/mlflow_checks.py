@@ -20,8 +20,10 @@ def assert_nested_runs(client: MlflowClient, experiment_name: str, results, metr
     """One FINISHED parent; one FINISHED child per trial, linked to it, whose
     metric history has one row per reported result at steps 0, 1, 2, ..."""
     parents, children = runs_by_role(client, experiment_name)
+    parents = [p for p in parents if names.REPLAY_OF not in p.data.tags]
     assert len(parents) == 1, [p.info.run_id for p in parents]
     parent = parents[0]
+    children = [c for c in children if c.data.tags[names.PARENT_RUN_ID] == parent.info.run_id]
     assert parent.info.status == "FINISHED"
     assert len(children) == len(results)
     trial_ids = {r.metrics["trial_id"] for r in results}

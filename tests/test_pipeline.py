@@ -110,3 +110,25 @@ def test_entry_point_smoke(tmp_path):
     parents, children = runs_by_role(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "entry")
     assert len(parents) == 1 and len(children) == 2
     assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_replay_retrains_on_the_best_schedule(smoke_run):
+    from pbtflow.lineage import config_at
+    from pbtflow.tuning import replay
+
+    results, client, uri = smoke_run
+    original = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
+    schedule = json.loads(open(client.download_artifacts(
+        original.info.run_id, "best_schedule.json", str(results.experiment_path))).read())
+    replayed, final, best = replay(original.info.run_id, uri)
+    assert final is not None and best is not None
+    parents, children = runs_by_role(client, "smoke")
+    new_parent = [p for p in parents if p.data.tags.get(names.REPLAY_OF) == original.info.run_id]
+    assert len(new_parent) == 1 and new_parent[0].info.status == "FINISHED"
+    child = [c for c in children if c.data.tags[names.PARENT_RUN_ID] == new_parent[0].info.run_id]
+    assert len(child) == 1
+    for key in ("lr", "lambda", "clip_param", "num_epochs"):
+        history = client.get_metric_history(child[0].info.run_id, names.HP_PREFIX + key)
+        assert history
+        for m in history:  # step k is training iteration k + 1
+            assert m.value == pytest.approx(config_at(schedule, m.step + 1)[key]), (key, m.step)

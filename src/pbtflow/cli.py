@@ -55,7 +55,129 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for tune)")
     report.add_argument("--download", metavar="DIR",
                         help="also download the best trial's last checkpoint into DIR")
+
+    replay = commands.add_parser("replay", help="retrain one member on the best schedule PBT found")
+    replay.add_argument("--run-id", required=True, help="the parent run's id")
+    replay.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for tune)")
+
+    _add_aml_commands(commands)
     return parser
+
+
+def _add_aml_commands(commands) -> None:
+    """`pbtflow aml size|render|submit`: Azure ML cluster sizing, job specs, submission."""
+    from pbtflow.azureml import MODES, VM_SIZES
+
+    aml = commands.add_parser("aml", help="Azure ML: size a Ray cluster, render and submit job specs",
+                              description="Size a Ray cluster on Azure ML for parallel or "
+                              "round-robin trials, render the job spec from that plan, submit it.")
+    verbs = aml.add_subparsers(dest="aml_command", required=True, parser_class=_Parser)
+
+    def sizing(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--population", type=int, required=True, help="PBT members (trials)")
+        parser.add_argument("--num-env-runners", type=int, default=0, help="RLlib env runners per trial")
+        parser.add_argument("--cpus-per-env-runner", type=float, default=1.0, help="CPUs per env runner")
+        parser.add_argument("--cpus-per-trial-process", type=float, default=1.0,
+                            help="CPUs of a trial's own process (default: 1)")
+        parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial")
+        parser.add_argument("--vm-size", help=f"Azure VM size of the compute cluster: {', '.join(VM_SIZES)}")
+        parser.add_argument("--cpus-per-node", type=int, help="vCPUs per node, for a VM size not listed")
+        parser.add_argument("--gpus-per-node", type=int, help="GPUs per node, with --cpus-per-node")
+        parser.add_argument("--mode", choices=MODES, default="parallel",
+                            help="parallel: every trial at once; round-robin: fewer nodes, trials "
+                            "take turns (default: parallel)")
+        parser.add_argument("--instance-count", type=int,
+                            help="nodes (round-robin: default 1; parallel: computed)")
+
+    size = verbs.add_parser("size", help="explain the cluster a population needs")
+    sizing(size)
+    size.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+
+    render = verbs.add_parser("render", help="write an Azure ML command job spec sized by the plan")
+    sizing(render)
+    render.add_argument("--trainable", default="ppo", help="what the job tunes (default: ppo)")
+    render.add_argument("--env", default="CartPole-v1", help="gymnasium env id, PPO only")
+    render.add_argument("--preset", default="cluster", help="search-space preset (default: cluster)")
+    render.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another `pbtflow tune` setting, passed as an input (repeatable)")
+    render.add_argument("--compute", default="cpu-cluster", help="compute cluster name")
+    render.add_argument("--environment", default="azureml:pbtflow-cpu@latest",
+                        help="Azure ML environment (default: azureml:pbtflow-cpu@latest)")
+    render.add_argument("--experiment-name", default="pbtflow", help="Azure ML experiment name")
+    render.add_argument("--display-name", help="job display name (default: the output file's name)")
+    render.add_argument("--shm-size", help="shared memory for Ray's object store, e.g. 16g "
+                        "(default: half the VM's memory)")
+    render.add_argument("-o", "--output", metavar="FILE", help="write here (default: print)")
+
+    submit = verbs.add_parser("submit", help="submit a job spec with azure-ai-ml, print its studio URL")
+    submit.add_argument("job", help="job spec, e.g. jobs/ppo-parallel.yml")
+    submit.add_argument("--workspace-config", metavar="PATH",
+                        help="the workspace's config.json (from the Azure portal)")
+    submit.add_argument("--subscription", help="Azure subscription id")
+    submit.add_argument("--resource-group", help="resource group of the workspace")
+    submit.add_argument("--workspace", help="Azure ML workspace name")
+
+
+_RENDER_OPTIONS = ("trainable", "env", "preset", "compute", "environment", "experiment_name",
+                   "display_name", "shm_size")
+_SIZING_OPTIONS = ("population", "num_env_runners", "cpus_per_env_runner", "cpus_per_trial_process",
+                   "gpus_per_trial", "vm_size", "cpus_per_node", "gpus_per_node", "mode",
+                   "instance_count")
+
+
+def _run_aml(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    from pathlib import Path
+
+    from pbtflow import azureml
+
+    if args.aml_command == "submit":
+        url = azureml.submit_job(args.job, workspace_config=args.workspace_config,
+                                 subscription=args.subscription, resource_group=args.resource_group,
+                                 workspace=args.workspace)
+        print(f"pbtflow: submitted {args.job}: {url}")
+        return 0
+    plan = azureml.plan_cluster(**{k: getattr(args, k) for k in _SIZING_OPTIONS})
+    if args.aml_command == "size":
+        print(json.dumps(plan.to_dict()) if args.json else plan.explain())
+        return 0
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ExperimentError(f"set: must be KEY=VALUE, but got {item!r}; e.g. --set stop_iters=50.")
+        settings[key.strip().replace("-", "_")] = value
+    display = args.display_name or (Path(args.output).stem if args.output else None)
+    options = azureml.JobOptions(settings=settings, **{k: getattr(args, k) for k in _RENDER_OPTIONS
+                                                       if k != "display_name"}, display_name=display)
+    # The header of the file says how to re-render it: the same flags, in a fixed order.
+    defaults = build_parser().parse_args(["aml", "render", "--population", "2"])
+    render_args = []
+    for key in _SIZING_OPTIONS + _RENDER_OPTIONS:
+        value = getattr(args, key)
+        if key == "population" or value != getattr(defaults, key):
+            render_args += [f"--{key.replace('_', '-')}", f"{value:g}" if isinstance(value, float)
+                            else str(value)]
+    for item in args.set:
+        render_args += ["--set", item]
+    text = azureml.dump_job_spec(azureml.job_spec(plan, options), plan, render_args)
+    if not args.output:
+        print(text, end="")
+        return 0
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    print(f"pbtflow: wrote {args.output} ({shlex.quote(plan.node_label)} x {plan.instance_count})")
+    print(plan.explain())
+    return 0
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from pbtflow.tuning import replay
+
+    _, final, original = replay(args.run_id, args.tracking_uri)
+    print(f"pbtflow: replay final metric {final} (original best {original})")
+    return 0
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -89,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_tune(args)
         if args.command == "report":
             return _run_report(args)
+        if args.command == "replay":
+            return _run_replay(args)
+        if args.command == "aml":
+            return _run_aml(args)
     except ExperimentError as exc:
         print(f"pbtflow: error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ ROLE = "pbtflow.role"  # "parent" or "trial"
 BEST_TRIAL = "best_trial"
 ERROR = "pbtflow.error"
 BASELINE = "pbtflow.baseline"  # parent run of a no-PBT baseline: "grid" or "random"
+REPLAY_OF = "pbtflow.replay_of"  # a replay's parent: the original parent run id
 STORAGE = "pbtflow.storage"  # where Ray Tune keeps the experiment
 
 # Artifacts.

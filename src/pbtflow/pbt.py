@@ -10,12 +10,14 @@ files write domains as one-key mappings: ``{uniform: [0.9, 1.0]}``,
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ray import tune
-from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers import PopulationBasedTraining, PopulationBasedTrainingReplay
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from pbtflow.experiment import Experiment, ExperimentError
@@ -161,6 +163,32 @@ class RecordingPBT(PopulationBasedTraining):
             "new": {k: get_path(trial.config, k) for k in self._mutated_keys},
             "wall_time": time.time(),
         })
+
+
+class ScheduleReplay(PopulationBasedTrainingReplay):
+    """Ray's PBT replay driven by pbtflow's ``best_schedule.json``: one member
+    trains from scratch and switches hyperparameters at the recorded steps.
+    ``base_config`` supplies everything the schedule does not mutate."""
+
+    def __init__(self, schedule_file: str | Path, base_config: Mapping[str, Any]) -> None:
+        self._base = copy.deepcopy(dict(base_config))
+        self.events: list[dict[str, Any]] = []  # a replay never exploits
+        super().__init__(str(schedule_file))
+
+    def _full(self, hyperparameters: Mapping[str, Any]) -> dict:
+        config = copy.deepcopy(self._base)
+        for key, value in hyperparameters.items():
+            _set_path(config, key, value)
+        return config
+
+    def _load_policy(self, policy_file: str):
+        schedule = json.loads(Path(policy_file).read_text())
+        current = dict(schedule["initial"])
+        policy = []
+        for change in schedule["changes"]:
+            current.update(change["config"])
+            policy.append((change["step"], self._full(current)))
+        return self._full(schedule["initial"]), policy
 
 
 def build_scheduler(experiment: Experiment, metric: str, mutations: Mapping[str, Any],

@@ -166,21 +166,53 @@ def plot_quadratic(members: Sequence[Member], folder: Path, title: str = "") -> 
     return paths
 
 
+def _path_arrays(member: Member, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y) of the member's path up to ``upto`` rows, broken (NaN) at exploits,
+    and (x, y) of the exploit jumps as NaN-separated segments."""
+    from pbtflow.trainables.quadratic import THETA_START
+
+    x = np.r_[THETA_START[0], member.column("theta0")[:upto]]
+    y = np.r_[THETA_START[1], member.column("theta1")[:upto]]
+    px, py, jx, jy = list(x), list(y), [], []
+    for row, _ in sorted(member.exploits, reverse=True):
+        if row + 2 < len(x):  # break the path between row and row + 1 (x index + 1)
+            px.insert(row + 2, np.nan)
+            py.insert(row + 2, np.nan)
+            jx += [x[row + 1], x[row + 2], np.nan]
+            jy += [y[row + 1], y[row + 2], np.nan]
+    return np.array(px), np.array(py), np.array(jx), np.array(jy)
+
+
 def animate_quadratic(members: Sequence[Member], path: Path, title: str = "",
                       fps: int = 10) -> Path:
+    """A GIF of the paths growing step by step (the background is drawn once)."""
     frames = max((len(m) for m in members), default=0)
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=72)
+    _q_contours(ax)
+    from pbtflow.trainables.quadratic import THETA_START
 
-    def draw(step: int):
-        ax.clear()
-        _q_contours(ax)
-        _draw_paths(ax, members, step + 1, label_exploits=False)
-        ax.set(xlabel="theta0", ylabel="theta1", xlim=(-0.1, 1.0), ylim=(-0.1, 1.0),
-               title=f"{title or 'quadratic'}: step {step + 1}")
-        ax.set_aspect("equal")
-        ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    ax.plot(*THETA_START, marker="o", color="0.3", markersize=7, linestyle="none", label="start")
+    artists = []
+    for i, member in enumerate(members):
+        color = COLORS[i % len(COLORS)]
+        line, = ax.plot([], [], "-o", color=color, markersize=2.5, linewidth=1.2, label=member.label)
+        jump, = ax.plot([], [], "--", color=color, linewidth=1)
+        artists.append((member, line, jump))
+    ax.plot([], [], "--", color="0.4", label="exploit (copy donor)")
+    ax.set(xlabel="theta0", ylabel="theta1", xlim=(-0.1, 1.0), ylim=(-0.1, 1.0))
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    heading = ax.set_title("")
 
-    animation = FuncAnimation(fig, draw, frames=frames, interval=1000 / fps)
+    def draw(frame: int):
+        for member, line, jump in artists:
+            px, py, jx, jy = _path_arrays(member, frame + 1)
+            line.set_data(px, py)
+            jump.set_data(jx, jy)
+        heading.set_text(f"{title or 'quadratic'}: step {frame + 1}")
+        return [a for _, line, jump in artists for a in (line, jump)] + [heading]
+
+    animation = FuncAnimation(fig, draw, frames=frames, interval=1000 / fps, blit=False)
     animation.save(str(path), writer=PillowWriter(fps=fps))
     plt.close(fig)
     return path

@@ -477,11 +477,15 @@ def load_experiment_record(tracking_uri: str | None, run_id: str | None = None,
     }
 
 
-def download_best_checkpoint(record: Mapping[str, Any], destination: str) -> str:
+def download_artifact(record: Mapping[str, Any], path: str, destination: str) -> str:
     client: MlflowClient = record["client"]
-    Path(destination).mkdir(parents=True, exist_ok=True)
     try:
-        return client.download_artifacts(record["parent"].info.run_id, "best_checkpoint", destination)
+        return client.download_artifacts(record["parent"].info.run_id, path, destination)
     except Exception as exc:
-        raise ExperimentError(f"download: the parent run has no best_checkpoint artifact ({exc}); "
-                              "it is logged when tuning finishes.") from None
+        raise ExperimentError(f"run_id: the parent run {record['parent'].info.run_id} has no {path} "
+                              f"artifact ({exc}); it is logged when tuning finishes.") from None
+
+
+def download_best_checkpoint(record: Mapping[str, Any], destination: str) -> str:
+    Path(destination).mkdir(parents=True, exist_ok=True)
+    return download_artifact(record, "best_checkpoint", destination)

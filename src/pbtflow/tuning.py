@@ -23,7 +23,7 @@ from ray.tune.utils import flatten_dict
 
 from pbtflow import baselines, lineage, names, tracking, trainables
 from pbtflow.experiment import Experiment, ExperimentError
-from pbtflow.pbt import build_scheduler, flatten_keys
+from pbtflow.pbt import ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,17 @@ class _Progress(ray_tune.Callback):
                   f"at iteration {it}", flush=True)
 
 
+class _Population(BasicVariantGenerator):
+    """Tune's variant generator, still "searching" while any trial is live.
+    Tune only caches a paused trial's actor for reuse while the search is not
+    over; the PBT population is generated at once, so without this every
+    exploit of a function trainable kills its worker process and starts a new
+    one, which dominates the wall time of cheap trainables."""
+
+    def is_finished(self) -> bool:
+        return super().is_finished() and not self._live_trials
+
+
 class PopulationStopper(ray_tune.Stopper):
     """Stops a member at ``stop_iters`` and the whole population once the best
     member's metric reaches ``stop_value``. A metric the trainable never
@@ -88,10 +99,54 @@ class PopulationStopper(ray_tune.Stopper):
 
 
 def _init_ray() -> None:
+    """Join the running cluster when there is one (``$RAY_ADDRESS``, or inside
+    an Azure ML job, where Azure ML has started Ray on every node), else start
+    a local Ray. On a cluster, wait for ``$PBTFLOW_RAY_NODES`` nodes (the job
+    sets it to its instance_count) so the population is placed on all of them."""
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")  # set inside an Azure ML ray job
-    ray.init(address=address, include_dashboard=False, configure_logging=False)
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("AZUREML_RUN_ID"):
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", configure_logging=False)
+        _wait_for_nodes()
+    else:
+        ray.init(include_dashboard=False, configure_logging=False)
+
+
+def _wait_for_nodes() -> None:
+    """Block until ``$PBTFLOW_RAY_NODES`` Ray nodes are alive, at most
+    ``$PBTFLOW_RAY_NODES_TIMEOUT`` seconds (default 600): worker nodes of an
+    Azure ML job join the head some time after the command starts."""
+    from pbtflow.azureml import RAY_NODES_ENV, RAY_NODES_TIMEOUT_ENV
+
+    raw, raw_timeout = os.environ.get(RAY_NODES_ENV), os.environ.get(RAY_NODES_TIMEOUT_ENV, "600")
+    if not raw:
+        return
+    try:
+        expected, timeout = int(raw), float(raw_timeout)
+    except ValueError:
+        expected, timeout = 0, 0.0
+    if expected < 1 or not timeout > 0:
+        ray.shutdown()
+        raise ExperimentError(
+            f"{RAY_NODES_ENV}: must be a whole number of nodes, 1 or more (and "
+            f"{RAY_NODES_TIMEOUT_ENV} a positive number of seconds), but got {raw!r} and "
+            f"{raw_timeout!r}; set them in the job's environment_variables.")
+    deadline = time.monotonic() + timeout
+    alive = 0
+    while True:
+        alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+        if alive >= expected:
+            log.info("pbtflow: %d of %d Ray nodes alive", alive, expected)
+            return
+        if time.monotonic() >= deadline:
+            break
+        log.info("pbtflow: waiting for Ray nodes: %d of %d alive", alive, expected)
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+    ray.shutdown()
+    raise ExperimentError(
+        f"{RAY_NODES_ENV}: expected {expected} Ray nodes, but got {alive} alive after {timeout:g} s; "
+        f"check the worker nodes' logs, or lower resources.instance_count (and {RAY_NODES_ENV}) "
+        f"to the nodes you have, or raise {RAY_NODES_TIMEOUT_ENV}.")
 
 
 def _check_resources(experiment: Experiment) -> None:
@@ -117,7 +172,7 @@ def _load_resume_state(path: str) -> dict[str, Any]:
     return cloudpickle.loads(state_file.read_bytes())
 
 
-def tune(experiment: Experiment) -> ResultGrid:
+def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> ResultGrid:
     """Run PBT for ``experiment`` and return Ray Tune's results. Every trial is
     an MLflow child run under one parent run. With ``experiment.resume`` set,
     continue an interrupted experiment into the same runs."""
@@ -132,6 +187,9 @@ def tune(experiment: Experiment) -> ResultGrid:
     if experiment.baseline:  # the same trainable, budget and population, without PBT
         spec = baselines.baseline_spec(spec, experiment.baseline)
         scheduler = baselines.NoPBT()
+    elif replay is not None:  # one member retrains on a recorded schedule (pbtflow replay)
+        scheduler = ScheduleReplay(replay["schedule_file"], spec.param_space)
+        spec.param_space = scheduler.config  # the schedule's initial, complete config
     else:
         scheduler = build_scheduler(experiment, metric, spec.mutations, spec.repair)
     hyperparameters = sorted(set(flatten_keys(spec.mutations))
@@ -153,6 +211,8 @@ def tune(experiment: Experiment) -> ResultGrid:
             parent.client.set_tag(parent.run_id, names.STORAGE, str(experiment_path))
             if experiment.baseline:
                 parent.client.set_tag(parent.run_id, names.BASELINE, experiment.baseline)
+            if replay is not None:
+                parent.client.set_tag(parent.run_id, names.REPLAY_OF, replay["parent_run_id"])
             tuner = _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent,
                                storage, run_name)
             experiment_path.mkdir(parents=True, exist_ok=True)
@@ -215,10 +275,10 @@ def _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent, sto
         param_space=spec.param_space,
         tune_config=ray_tune.TuneConfig(
             scheduler=scheduler,
-            num_samples=experiment.population,
+            num_samples=1 if isinstance(scheduler, ScheduleReplay) else experiment.population,
             reuse_actors=spec.reuse_actors,
-            search_alg=BasicVariantGenerator(random_state=experiment.seed,
-                                             points_to_evaluate=spec.points_to_evaluate),
+            search_alg=_Population(random_state=experiment.seed,
+                                   points_to_evaluate=spec.points_to_evaluate),
         ),
         run_config=ray_tune.RunConfig(
             name=run_name,
@@ -279,3 +339,32 @@ def _log_plots(experiment: Experiment, results: ResultGrid, events: list, experi
             log.info("pictures: %s", ", ".join(str(p) for p in paths))
     except Exception as exc:  # noqa: BLE001
         log.warning("pbtflow: could not draw the pictures (%s: %s)", type(exc).__name__, exc)
+
+
+def replay(run_id: str, tracking_uri: str | None = None) -> tuple[ResultGrid, float | None, float | None]:
+    """Retrain one member on the best schedule of parent run ``run_id``, as a new
+    parent run tagged with the original's id. Returns the results, the replay's
+    final metric and the original best."""
+    import tempfile
+
+    import yaml
+
+    record = tracking.load_experiment_record(tracking_uri, run_id)
+    parent, metric = record["parent"], record["metric"]
+    if not record["best_schedule"]:
+        raise ExperimentError(f"run_id: {run_id} has no best_schedule.json; replay needs a parent "
+                              "run of a finished pbtflow experiment.")
+    best_id = parent.data.tags.get(names.BEST_TRIAL)
+    best_child = next(c for c in record["children"] if c.data.tags.get(names.TRIAL_ID) == best_id)
+    steps = int(best_child.data.metrics.get(names.TRAINING_ITERATION, 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = yaml.safe_load(Path(tracking.download_artifact(
+            record, names.EXPERIMENT_FILE, tmp)).read_text())
+        schedule_file = tracking.download_artifact(record, "best_schedule.json", tmp)
+        settings.update(stop_iters=steps, stop_return=float("inf"), resume=None,
+                        tracking_uri=tracking_uri or settings.get("tracking_uri"))
+        experiment = Experiment(**settings)
+        results = tune(experiment, replay={"schedule_file": schedule_file,
+                                           "parent_run_id": parent.info.run_id})
+    final = flatten_dict(dict(results[0].metrics or {}), delimiter="/").get(metric)
+    return results, final, parent.data.metrics.get(names.BEST_PREFIX + metric)
