@@ -10,12 +10,15 @@ any client is built."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shlex
+import textwrap
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
 import yaml
 
@@ -41,7 +44,8 @@ class VmSize:
 
 
 # Source: the Azure VM size documentation (learn.microsoft.com/azure/virtual-machines/sizes),
-# series DSv2, Dsv3, Fsv2, NCv3 and NC A100 v4. Ray on an Azure ML node sees all its vCPUs.
+# series DSv2, Dsv3, Fsv2, NCv3 and NC A100 v4. The sizing assumes that Ray, which counts a
+# node's CPUs at `ray start`, sees all of its vCPUs (a dedicated Azure ML node).
 VM_SIZES: dict[str, VmSize] = {
     "Standard_DS3_v2": VmSize(cpus=4, gpus=0, memory_gib=14),
     "Standard_D4s_v3": VmSize(cpus=4, gpus=0, memory_gib=16),
@@ -112,7 +116,7 @@ class SizingPlan:
             f"concurrent trials: {self.concurrent_trials} of {self.population}",
         ]
         if self.mode == "parallel":
-            lines.append(f"every member trains at once; wall time is that of one member "
+            lines.append(f"parallel:          every member trains at once; wall time is that of one member "
                          f"(idle slots: {self.instance_count * self.trials_per_node - self.population}).")
         else:
             lines.append(
@@ -122,7 +126,7 @@ class SizingPlan:
                 f"{self.wall_time_factor}x the wall time of the parallel plan "
                 f"(instance_count {self.parallel_instance_count}) on "
                 f"{self.instance_count}/{self.parallel_instance_count} of its nodes.")
-        return "\n".join(lines)
+        return "\n".join(textwrap.fill(line, width=88, subsequent_indent=" " * 19) for line in lines)
 
 
 def plan_cluster(population: int, num_env_runners: int = 0, cpus_per_env_runner: float = 1.0,
@@ -233,7 +237,7 @@ class JobOptions:
     shm_size: str | None = None
 
 
-def _experiment_for(plan: SizingPlan, options: JobOptions) -> tuple[Experiment, dict[str, Any]]:
+def _tune_settings(plan: SizingPlan, options: JobOptions) -> dict[str, Any]:
     """The settings the job passes to ``pbtflow tune`` (inputs, in order), checked
     by building the Experiment the job will build."""
     settings: dict[str, Any] = {"trainable": options.trainable}
@@ -268,7 +272,7 @@ def _experiment_for(plan: SizingPlan, options: JobOptions) -> tuple[Experiment, 
     if abs(experiment.cpus_per_trial - plan.cpus_per_trial) > 1e-9:
         _fail("cpus_per_trial", f"the plan assumes {plan.cpus_per_trial:g} CPUs per trial, but "
               f"trainable {options.trainable!r} asks Ray for {experiment.cpus_per_trial:g}")
-    return experiment, settings
+    return settings
 
 
 def _number(value: Any) -> Any:
@@ -276,13 +280,13 @@ def _number(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     loaded = yaml.safe_load(value) if value.strip() else value
-    return loaded if isinstance(loaded, (int, float, bool)) and loaded is not None else value
+    return loaded if isinstance(loaded, (int, float, bool)) else value
 
 
 def job_spec(plan: SizingPlan, options: JobOptions = JobOptions()) -> dict[str, Any]:
     """The command job as a dict, in azureml-examples key order. Every setting
     is an input passed as a flag; booleans (no value to pass) are plain flags."""
-    _, settings = _experiment_for(plan, options)
+    settings = _tune_settings(plan, options)
     inputs = {k: v for k, v in settings.items() if not isinstance(v, bool)}
     flags = [f"--{k.replace('_', '-')} ${{{{inputs.{k}}}}}" for k in inputs]
     flags += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in settings.items()
@@ -345,9 +349,52 @@ def _azure_ml():
     return aml
 
 
+@contextmanager
+def _quiet_azure() -> Iterator[None]:
+    """The SDK logs a warning per experimental class (Ray distribution is one)
+    and one per credential it tries; pbtflow says what went wrong in one sentence."""
+    loggers = [logging.getLogger(name) for name in ("azure", "azure.ai.ml")]  # the SDK sets its own
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(getattr(exc, "messages", None) or exc).split())
-    return text[:300]
+    return " ".join(str(exc).split())[:300]
+
+
+def _schema_problems(exc: BaseException) -> str:
+    """The field errors inside azure-ai-ml's nested validation message, e.g.
+    "resources.instance_count: Not a valid integer."; else its first words."""
+    def json_after_failed(text: str) -> Any:
+        start = text.find("{", text.find("failed:"))
+        try:
+            return json.JSONDecoder().raw_decode(text[start:])[0] if start >= 0 else None
+        except ValueError:
+            return None
+
+    def leaves(node: Any, path: str) -> list[str]:
+        if isinstance(node, dict):
+            return [leaf for key, value in node.items()
+                    for leaf in leaves(value, f"{path}.{key}" if path else str(key))]
+        if isinstance(node, list) and node and all(isinstance(n, dict) for n in node):
+            # alternatives of a union field: report the closest one
+            return min((leaves(n, path) for n in node), key=len)
+        if isinstance(node, list):
+            return [f"{path}: {item}" for item in node if isinstance(item, str)]
+        return [f"{path}: {node}"]
+
+    found = json_after_failed(str(exc))
+    if isinstance(found, dict) and isinstance(found.get("errors"), list) and found["errors"]:
+        found = json_after_failed(str(found["errors"][0].get("message", "")))  # load_job nests it
+    if isinstance(found, dict) and found:
+        return "; ".join(dict.fromkeys(leaves(found, "")))[:300]
+    return _first_line(exc)
 
 
 def tune_flags() -> set[str]:
@@ -377,15 +424,20 @@ def validate_job_file(path: str | Path) -> Any:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        _fail("job", f"{str(path)!r} is not valid YAML ({_first_line(exc)}); fix the file")
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        _fail("job", f"{str(path)!r} is not valid YAML{where} ({getattr(exc, 'problem', None) or exc}); "
+              "fix the file")
     if not isinstance(raw, dict):
         _fail("job", f"{str(path)!r} must hold a mapping of job fields, but holds "
               f"{type(raw).__name__}; fix the file")
     aml = _azure_ml()
     try:
-        job = aml.load_job(path)
+        with _quiet_azure():
+            job = aml.load_job(path)
     except Exception as exc:  # marshmallow ValidationError, azure ValidationException
-        _fail("job", f"{str(path)!r} is not a valid Azure ML job spec ({_first_line(exc)}); fix the file")
+        _fail("job", f"{str(path)!r} is not a valid Azure ML job spec ({_schema_problems(exc)}); "
+              "fix the file")
 
     resources = raw.get("resources") or {}
     count = resources.get("instance_count", 1)
@@ -419,10 +471,15 @@ def validate_environment_file(path: str | Path) -> Any:
     """Load an environment spec with ``azure.ai.ml.load_environment`` (offline)."""
     aml = _azure_ml()
     try:
-        return aml.load_environment(Path(path))
+        with _quiet_azure():
+            environment = aml.load_environment(Path(path))
     except Exception as exc:
         _fail("environment", f"{str(path)!r} is not a valid Azure ML environment spec "
-              f"({_first_line(exc)}); fix the file")
+              f"({_schema_problems(exc)}); fix the file")
+    if not (environment.image or environment.build):  # load_environment accepts neither
+        _fail("environment", f"{str(path)!r} must name a base image (image:) or a Docker build "
+              "context (build:), but has neither; add image: mcr.microsoft.com/azureml/...")
+    return environment
 
 
 # -- submitting ------------------------------------------------------------------------
@@ -475,9 +532,10 @@ def submit_job(path: str | Path, *, workspace_config: str | None = None,
         from azure.identity import DefaultAzureCredential
     except ImportError:
         raise ExperimentError(f"azure: azure-identity is not installed; {_INSTALL_HINT}.") from None
-    credential = DefaultAzureCredential()
     try:
-        credential.get_token("https://management.azure.com/.default")
+        with _quiet_azure():
+            credential = DefaultAzureCredential()
+            credential.get_token("https://management.azure.com/.default")
     except ClientAuthenticationError as exc:
         _fail("credentials", f"no Azure credential could sign in ({_first_line(exc).split('.')[0]}); "
               "run `az login`, or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET")

@@ -153,6 +153,8 @@ class TrialTracker(Callback):
         self._writer: _Writer | None = None
         self.run_ids: dict[str, str] = {}  # trial id -> child run id
         self._steps: dict[str, int] = {}
+        self._last_iteration: dict[str, int] = {}  # per trial, the last logged
+        self._restored: set[str] = set()  # trials re-running iterations already logged
         self._exploits: dict[str, int] = {}
         self._events_seen = 0
         self.ended: set[str] = set()  # trials whose child run has ended
@@ -180,9 +182,21 @@ class TrialTracker(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._child(trial)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._restored.add(trial.trial_id)  # Tune retries it from its latest checkpoint
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._child(trial)
         self._collect_events()
+        it = int(result.get(names.TRAINING_ITERATION, 0))
+        if trial.trial_id in self._restored:
+            # After a failure or a resume the trial repeats the iterations
+            # between its checkpoint and the last logged one: keep the history
+            # as if nothing happened.
+            if it <= self._last_iteration.get(trial.trial_id, 0):
+                return
+            self._restored.discard(trial.trial_id)
+        self._last_iteration[trial.trial_id] = it
         step = self._steps.get(trial.trial_id, 0)
         self._steps[trial.trial_id] = step + 1
         when = int(time.time() * 1000)
@@ -292,11 +306,22 @@ class TrialTracker(Callback):
                 interrupted.append(trial_id)
         return interrupted
 
+    def mark_interrupted(self, trial_ids: list[str]) -> None:
+        """Tune stops (and reports complete) every trial on SIGINT: their child
+        runs are KILLED, not FINISHED."""
+        self._writer.flush()
+        for trial_id in trial_ids:
+            if trial_id in self.run_ids:
+                self._client.set_terminated(self.run_ids[trial_id], "KILLED")
+                self.ended.discard(trial_id)
+
     def reopen(self) -> None:
         """A resumed experiment continues its KILLED child runs."""
         for trial_id, run_id in self.run_ids.items():
-            if trial_id not in self.ended:
+            if self._client.get_run(run_id).info.status == "KILLED":
                 self._client.update_run(run_id, status="RUNNING")
+                self.ended.discard(trial_id)
+            self._restored.add(trial_id)
 
     def _end(self, trial, status: str) -> None:
         run_id = self._child(trial)
@@ -319,6 +344,7 @@ class TrialTracker(Callback):
     # the same child runs and steps.
     def get_state(self) -> dict | None:
         return {"run_ids": self.run_ids, "steps": self._steps, "exploits": self._exploits,
+                "last_iteration": self._last_iteration,
                 "ended": sorted(self.ended), "initial": self.initial}
 
     def set_state(self, state: dict) -> None:
@@ -326,6 +352,7 @@ class TrialTracker(Callback):
         self.ended.update(state.get("ended", []))
         self.initial.update(state.get("initial", {}))
         self._steps.update(state.get("steps", {}))
+        self._last_iteration.update(state.get("last_iteration", {}))
         self._exploits.update(state.get("exploits", {}))
 
 

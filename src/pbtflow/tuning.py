@@ -204,6 +204,9 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
     tracking.check_reachable(tracking.resolve_tracking_uri(experiment))
     _init_ray()
     _check_resources(experiment)
+    if hasattr(scheduler, "round_robin"):  # no pause-for-fairness when all members fit at once
+        scheduler.round_robin = (experiment.population * experiment.cpus_per_trial
+                                 > ray.cluster_resources().get("CPU", 0))
     with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None) as parent:
         if resume is None:
             parent.log_experiment(experiment, {"metric": metric,
@@ -242,7 +245,13 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         if stopper.error:
             raise ExperimentError(stopper.error)
         statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
-        if tracker.end_remaining(statuses):
+        tracker.end_remaining(statuses)
+        interrupted = [] if stopper.stop_all() else [
+            r.metrics.get("trial_id") for r in results
+            if r.error is None and r.metrics and not r.metrics.get("done")
+            and r.metrics.get(names.TRAINING_ITERATION, 0) < experiment.stop_iters]
+        if interrupted:
+            tracker.mark_interrupted(interrupted)
             raise tracking.TuningInterrupted(
                 f"interrupted; the experiment state is saved in {experiment_path}. Resume with: "
                 f"python src/tune_ppo.py --resume {experiment_path}")
