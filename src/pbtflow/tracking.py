@@ -315,7 +315,7 @@ class TrialTracker(Callback):
                 self._client.set_terminated(self.run_ids[trial_id], "KILLED")
                 self.ended.discard(trial_id)
 
-    def reopen(self) -> None:
+    def _reopen(self) -> None:
         """A resumed experiment continues its KILLED child runs."""
         for trial_id, run_id in self.run_ids.items():
             if self._client.get_run(run_id).info.status == "KILLED":
@@ -351,6 +351,7 @@ class TrialTracker(Callback):
         self.run_ids.update(state.get("run_ids", {}))
         self.ended.update(state.get("ended", []))
         self.initial.update(state.get("initial", {}))
+        self._reopen()  # Tune restores callback state only when resuming
         self._steps.update(state.get("steps", {}))
         self._last_iteration.update(state.get("last_iteration", {}))
         self._exploits.update(state.get("exploits", {}))

@@ -229,8 +229,6 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         run_config = tuner._local_tuner.get_run_config()
         tracker = next(c for c in run_config.callbacks if isinstance(c, tracking.TrialTracker))
         stopper = run_config.stop
-        if resume is not None:
-            tracker.reopen()
         # PopulationStopper reports a missing metric in one sentence; Tune's own
         # check would raise first with the whole result dumped.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"

@@ -1,0 +1,88 @@
+"""Faults: a trial's worker killed mid-run, and the driver interrupted and
+resumed. The MLflow record afterwards must look like a clean run's."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import os
+
+import psutil
+from mlflow.tracking import MlflowClient
+
+from conftest import ENTRY
+from mlflow_checks import runs_by_role
+
+# No exploits (perturbation interval beyond the budget), so each member's
+# training_iteration history must be exactly 1, 2, ..., stop_iters.
+ARGS = ["--population", "2", "--stop-iters", "10", "--stop-return", "inf",
+        "--perturbation-interval", "100", "--checkpoint-interval", "2", "--seed", "0"]
+
+
+def _start(tmp_path, *extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return subprocess.Popen([sys.executable, str(ENTRY), *ARGS, *extra], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_rows(tmp_path, rows, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        try:
+            with sqlite3.connect(tmp_path / "mlflow.db") as db:
+                n = db.execute("select count(*) from metrics where key='training_iteration'").fetchone()[0]
+            if n >= rows:
+                return
+        except sqlite3.Error:
+            pass
+        time.sleep(1)
+    raise AssertionError("the run logged too few results in time")
+
+
+def _assert_clean_record(tmp_path, name):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, children = runs_by_role(client, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "training_iteration")
+        assert [m.step for m in history] == list(range(10))
+        assert [int(m.value) for m in history] == list(range(1, 11))
+
+
+def test_killed_worker_is_retried_into_the_same_child_run(tmp_path):
+    proc = _start(tmp_path, "--experiment-name", "kill")
+    _wait_for_rows(tmp_path, 4, proc)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if p.name().startswith("ray::PPO") or "ray::PPO" in " ".join(p.cmdline())]
+    if not workers:  # Ray's workers are children of its raylet, not of the driver
+        workers = [p for p in psutil.process_iter(["cmdline"])
+                   if (p.info["cmdline"] or [""])[0].startswith("ray::PPO")
+                   and str(tmp_path) in " ".join(p.cwd() for _ in [0])]
+    assert workers, "no PPO worker process found"
+    workers[0].send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    _assert_clean_record(tmp_path, "kill")
+
+
+def test_interrupted_driver_resumes_into_the_same_runs(tmp_path):
+    proc = _start(tmp_path, "--experiment-name", "resume")
+    _wait_for_rows(tmp_path, 6, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Resume with: python src/tune_ppo.py --resume " in err
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, children = runs_by_role(client, "resume")
+    assert parents[0].info.status == "KILLED"
+    assert {c.info.status for c in children} == {"KILLED"}
+    path = err.split("--resume ")[1].split()[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    resumed = subprocess.run([sys.executable, str(ENTRY), "--resume", path], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_clean_record(tmp_path, "resume")
