@@ -48,3 +48,33 @@ def test_help_lists_every_setting(tmp_path):
                  "--synch", "--num-env-runners", "--experiment-name", "--tracking-uri",
                  "--storage-path", "--seed", "--smoke", "--config"):
         assert flag in proc.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--resample-probability", "1.5"], "resample_probability: must lie in [0, 1]"),
+    (["--checkpoint-interval", "2", "--perturbation-interval", "3"],
+     "checkpoint_interval: must divide perturbation_interval=3"),
+    (["--population", "1"], "population: PBT needs at least 2 members"),
+    (["--trainable", "nosuchpackage.module:function"], "trainable"),
+    (["--num-env-runners", "64"], "num_env_runners: one trial needs"),
+])
+def test_more_bad_inputs_fail_before_ray(tmp_path, args, words):
+    proc = run_entry(*args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_mutation_of_a_wrong_type_in_yaml(tmp_path):
+    (tmp_path / "exp.yaml").write_text("mutations:\n  lr: 0.001\n")
+    proc = run_entry("--config", "exp.yaml", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "mutations.lr: a mutation must be a list, a Tune domain" in proc.stderr
+
+
+def test_a_metric_never_reported_stops_the_run_with_one_sentence(tmp_path):
+    proc = run_entry("--smoke", "--metric", "episode_reward_mean", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "metric: the trainable never reports 'episode_reward_mean'" in proc.stderr
+    assert "Traceback" not in proc.stderr
