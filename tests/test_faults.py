@@ -1,17 +1,18 @@
 """Faults: a trial's worker killed mid-run, and the driver interrupted and
 resumed. The MLflow record afterwards must look like a clean run's."""
 
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import os
+from pathlib import Path
 
 import psutil
 from mlflow.tracking import MlflowClient
 
-from conftest import ENTRY
+from conftest import ENTRY, start_mlflow_server, stop_mlflow_server
 from mlflow_checks import runs_by_role
 
 # No exploits (perturbation interval beyond the budget), so each member's
@@ -86,3 +87,81 @@ def test_interrupted_driver_resumes_into_the_same_runs(tmp_path):
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_clean_record(tmp_path, "resume")
+
+
+def _start_slow_run(tmp_path, uri, iters):
+    (tmp_path / "exp.yaml").write_text(
+        "trainable: user_trainables:slow_counting\nmetric: score\npopulation: 2\n"
+        f"stop_iters: {iters}\nperturbation_interval: 5\nexperiment_name: away\n"
+        "initial: {x: 1.0, sleep: 0.25}\nmutations: {x: [1.0, 2.0, 3.0]}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(Path(__file__).parent)
+    return subprocess.Popen([sys.executable, str(ENTRY), "--config", "exp.yaml", "--tracking-uri", uri],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for_server_rows(uri, rows, proc, timeout=240):
+    client = MlflowClient(uri)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        exp = client.get_experiment_by_name("away")
+        if exp is not None:
+            runs = client.search_runs([exp.experiment_id], "tags.`pbtflow.role` = 'trial'")
+            if sum(len(client.get_metric_history(r.info.run_id, "training_iteration"))
+                   for r in runs) >= rows:
+                return
+        time.sleep(1)
+    raise AssertionError("no metrics reached the server in time")
+
+
+def _assert_complete(uri, iters):
+    client = MlflowClient(uri)
+    parents, children = runs_by_role(client, "away")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "training_iteration")
+        assert [m.step for m in history] == list(range(len(history)))
+        assert len(history) >= iters and history[-1].value == iters
+
+
+def test_tracking_server_away_mid_run_gets_the_metrics_when_back(tmp_path):
+    root = tmp_path / "server"
+    server, uri = start_mlflow_server(root)
+    proc = _start_slow_run(tmp_path, uri, 40)
+    try:
+        _wait_for_server_rows(uri, 4, proc)
+        stop_mlflow_server(server)
+        time.sleep(6)  # results keep coming while the server is away
+        server, _ = start_mlflow_server(root, port=int(uri.rsplit(":", 1)[1]))
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "could not write to MLflow" in err
+        _assert_complete(uri, 40)
+    finally:
+        stop_mlflow_server(server)
+
+
+def test_tracking_server_gone_for_good_spills_for_pbtflow_sync(tmp_path):
+    root = tmp_path / "server"
+    server, uri = start_mlflow_server(root)
+    proc = _start_slow_run(tmp_path, uri, 20)
+    _wait_for_server_rows(uri, 4, proc)
+    stop_mlflow_server(server)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "pbtflow sync " in err
+    spilled = err.split("pbtflow sync ")[-1].split()[0]
+    assert Path(spilled).is_file()
+    server, _ = start_mlflow_server(root, port=int(uri.rsplit(":", 1)[1]))
+    try:
+        synced = subprocess.run([sys.executable, "-m", "pbtflow.cli", "sync", spilled],
+                                capture_output=True, text=True, timeout=120)
+        assert synced.returncode == 0, synced.stderr[-2000:]
+        assert not Path(spilled).exists()
+        _assert_complete(uri, 20)
+    finally:
+        stop_mlflow_server(server)

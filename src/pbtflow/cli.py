@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--download", metavar="DIR",
                         help="also download the best trial's last checkpoint into DIR")
 
+    sync = commands.add_parser("sync", help="upload metrics a run could not deliver to MLflow")
+    sync.add_argument("file", help="the undelivered-metrics file the run named")
+
     replay = commands.add_parser("replay", help="retrain one member on the best schedule PBT found")
     replay.add_argument("--run-id", required=True, help="the parent run's id")
     replay.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for tune)")
@@ -213,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_report(args)
         if args.command == "replay":
             return _run_replay(args)
+        if args.command == "sync":
+            from pbtflow.tracking import sync
+
+            rows, ended = sync(args.file)
+            print(f"pbtflow: uploaded {rows} metric rows and {ended} run endings.")
+            return 0
         if args.command == "aml":
             return _run_aml(args)
     except ExperimentError as exc:

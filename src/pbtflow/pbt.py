@@ -143,17 +143,6 @@ class RecordingPBT(PopulationBasedTraining):
         super().__init__(*args, **kwargs)
         self.events: list[dict[str, Any]] = []
         self._mutated_keys = flatten_keys(self._hyperparam_mutations)
-        # Ray's asynchronous PBT pauses a member at every perturbation while any
-        # other member waits, so that all advance in turn when the cluster cannot
-        # hold the population. When it can (tuning.py sets this to False), that
-        # pause only restarts members, and one exploit makes everyone round-robin.
-        self.round_robin = True
-
-    def on_trial_result(self, tune_controller, trial, result):
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.PAUSE and not self.round_robin and not self._synch:
-            return self.CONTINUE  # an exploited member is paused already (NOOP)
-        return decision
 
     def _exploit(self, tune_controller, trial, trial_to_clone):
         state = self._trial_state[trial]

@@ -33,6 +33,7 @@ from pbtflow.pbt import get_path
 
 log = logging.getLogger(__name__)
 
+SPILL_FILE = "mlflow_undelivered.json"  # beside Tune's state, for `pbtflow sync`
 BATCH_LIMIT = 250  # metric rows per log_batch call (Azure ML's MLflow cap)
 # Result fields that are bookkeeping, not measurements.
 _NOT_METRICS = {"timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
@@ -44,6 +45,15 @@ _SECRET = re.compile(r"(token|secret|password|passwd|credential|connection_?stri
 def is_secret(key: str) -> bool:
     """Whether a config key looks like a credential, never to be written to MLflow."""
     return bool(_SECRET.search(key))
+
+
+def scrub(value: Any) -> Any:
+    """``value`` without mapping keys that look like credentials, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: scrub(v) for k, v in value.items() if not is_secret(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
 
 
 def resolve_tracking_uri(experiment: Experiment) -> str:
@@ -85,16 +95,19 @@ def _params(values: Mapping[str, Any]) -> list[Param]:
 
 class _Writer:
     """Collects metric rows per run and sends them with ``log_batch`` from a
-    background thread, at most every ``interval`` seconds."""
+    background thread, at most every ``interval`` seconds. While the tracking
+    server is away, rows (and run endings) are kept and sent once it answers;
+    what is still unsent at the end is spilled to a file for `pbtflow sync`."""
 
     def __init__(self, client: MlflowClient, interval: float = 1.0) -> None:
         self._client = client
         self._interval = interval
         self._pending: dict[str, list[Metric]] = {}
+        self._terminal: dict[str, str] = {}  # run id -> status, set after its rows are sent
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
-        self._warned = False
+        self._down = False
         self._thread = threading.Thread(target=self._loop, name="pbtflow-mlflow", daemon=True)
         self._thread.start()
 
@@ -102,34 +115,105 @@ class _Writer:
         with self._lock:
             self._pending.setdefault(run_id, []).extend(metrics)
 
-    def flush(self) -> None:
+    def adopt(self, placeholder: str, run_id: str) -> None:
+        """Rows kept under a placeholder, before the run could be created."""
+        with self._lock:
+            rows = self._pending.pop(placeholder, [])
+            self._pending.setdefault(run_id, [])[:0] = rows
+
+    def terminate(self, run_id: str, status: str) -> None:
+        with self._lock:
+            self._terminal[run_id] = status
+
+    def flush(self) -> bool:
+        """Send what is pending; True if everything was delivered."""
         with self._send_lock:
             with self._lock:
                 pending, self._pending = self._pending, {}
+                terminal = dict(self._terminal)
+            failure = None
             for run_id, rows in pending.items():
-                for start in range(0, len(rows), BATCH_LIMIT):
+                sent = 0
+                while failure is None and sent < len(rows) and not run_id.startswith("unborn:"):
                     try:
-                        self._client.log_batch(run_id, metrics=rows[start:start + BATCH_LIMIT])
+                        self._client.log_batch(run_id, metrics=rows[sent:sent + BATCH_LIMIT])
+                        sent += BATCH_LIMIT
                     except Exception as exc:  # the server is away: keep the rows for later
-                        with self._lock:
-                            self._pending.setdefault(run_id, [])[:0] = rows[start:]
-                        if not self._warned:
-                            log.warning("pbtflow: could not write to MLflow (%s); tuning goes on and "
-                                        "the metrics are kept until it answers.", exc)
-                            self._warned = True
-                        break
-                else:
-                    continue
-                break
+                        failure = exc
+                if sent < len(rows):
+                    with self._lock:
+                        self._pending.setdefault(run_id, [])[:0] = rows[sent:]
+            for run_id, status in terminal.items():
+                if failure is not None:
+                    break
+                try:
+                    self._client.set_terminated(run_id, status)
+                    with self._lock:
+                        self._terminal.pop(run_id, None)
+                except Exception as exc:
+                    failure = exc
+            if failure is not None and not self._down:
+                log.warning("pbtflow: could not write to MLflow (%s); tuning goes on and the "
+                            "metrics are kept until it answers.", failure)
+            elif failure is None and self._down:
+                log.warning("pbtflow: MLflow answers again; the kept metrics were delivered.")
+            self._down = failure is not None
+            return failure is None
 
-    def close(self) -> None:
+    def close(self, spill_to: Path | None = None) -> Path | None:
+        """Stop the thread and send the rest; if MLflow is still away, write it
+        to ``spill_to`` and return that path."""
         self._stop.set()
         self._thread.join()
-        self.flush()
+        if self.flush() or spill_to is None:
+            return None
+        with self._lock:
+            rows = {run: [[m.key, m.value, m.timestamp, m.step] for m in ms]
+                    for run, ms in self._pending.items()}
+            terminal = dict(self._terminal)
+        spill(spill_to, self._client.tracking_uri, rows, terminal)
+        return spill_to
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             self.flush()
+
+
+def _unborn(trial_id: str) -> str:
+    return f"unborn:{trial_id}"  # rows of a trial whose run MLflow could not create yet
+
+
+def spill(path: Path, tracking_uri: str, rows: Mapping[str, list], terminal: Mapping[str, str]) -> None:
+    """Add undelivered metric rows and run endings to ``path`` (JSON)."""
+    data = json.loads(path.read_text()) if path.exists() else {"tracking_uri": tracking_uri,
+                                                                 "rows": {}, "terminal": {}}
+    for run_id, items in rows.items():
+        data["rows"].setdefault(run_id, []).extend(items)
+    data["terminal"].update(terminal)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def sync(path: str | Path) -> tuple[int, int]:
+    """Upload what a run could not deliver (``pbtflow sync``); returns the
+    number of metric rows and run endings sent, and removes the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"sync: no such file {str(path)!r}; pass the file the interrupted "
+                              "delivery named.")
+    data = json.loads(path.read_text())
+    check_reachable(data["tracking_uri"])
+    client = MlflowClient(data["tracking_uri"])
+    count = 0
+    for run_id, items in data["rows"].items():
+        metrics = [Metric(k, v, t, st) for k, v, t, st in items]
+        for start in range(0, len(metrics), BATCH_LIMIT):
+            client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])
+        count += len(metrics)
+    for run_id, status in data["terminal"].items():
+        client.set_terminated(run_id, status)
+    path.unlink()
+    return count, len(data["terminal"])
 
 
 class TrialTracker(Callback):
@@ -163,6 +247,9 @@ class TrialTracker(Callback):
 
     # -- Ray Tune callback hooks ------------------------------------------------------
     def setup(self, **info):
+        # Fail over to buffering quickly instead of retrying each call for minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         if self._writer is None:
             self._writer = _Writer(self._client)
 
@@ -186,7 +273,7 @@ class TrialTracker(Callback):
         self._restored.add(trial.trial_id)  # Tune retries it from its latest checkpoint
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._child(trial)
+        run_id = self._child(trial) or _unborn(trial.trial_id)
         self._collect_events()
         it = int(result.get(names.TRAINING_ITERATION, 0))
         if trial.trial_id in self._restored:
@@ -221,19 +308,28 @@ class TrialTracker(Callback):
         self._writer.flush()
 
     # -- helpers ----------------------------------------------------------------------
-    def _child(self, trial) -> str:
+    def _child(self, trial) -> str | None:
+        """The trial's child run id, created on first use; None while MLflow is
+        away (its rows wait under a placeholder until the run exists)."""
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
-            run = self._client.create_run(
-                self._experiment_id,
-                run_name=str(trial),
-                tags={names.PARENT_RUN_ID: self._parent_run_id, names.TRIAL_ID: trial.trial_id,
-                      names.TRIAL_NAME: str(trial), names.ROLE: "trial"},
-            )
+            initial = {k: get_path(trial.config, k) for k in self._hyperparameters
+                       if not is_secret(k)}
+            self.initial.setdefault(trial.trial_id, initial)
+            try:
+                run = self._client.create_run(
+                    self._experiment_id,
+                    run_name=str(trial),
+                    tags={names.PARENT_RUN_ID: self._parent_run_id, names.TRIAL_ID: trial.trial_id,
+                          names.TRIAL_NAME: str(trial), names.ROLE: "trial"},
+                )
+                self._client.log_batch(run.info.run_id, params=_params(self.initial[trial.trial_id]))
+            except Exception as exc:
+                log.warning("pbtflow: could not create the MLflow run of trial %s (%s); its metrics "
+                            "are kept until MLflow answers.", trial.trial_id, exc)
+                return None
             run_id = self.run_ids[trial.trial_id] = run.info.run_id
-            initial = {k: get_path(trial.config, k) for k in self._hyperparameters}
-            self.initial[trial.trial_id] = initial
-            self._client.log_batch(run_id, params=_params(initial))
+            self._writer.adopt(_unborn(trial.trial_id), run_id)
         return run_id
 
     def _measurements(self, result: Mapping[str, Any]) -> dict[str, float]:
@@ -324,21 +420,31 @@ class TrialTracker(Callback):
             self._restored.add(trial_id)
 
     def _end(self, trial, status: str) -> None:
-        run_id = self._child(trial)
         self.ended.add(trial.trial_id)
-        self._writer.flush()
-        self._client.log_dict(run_id, self.events_of(trial.trial_id), "pbt_events.json")
-        if status == "FAILED" and getattr(trial, "error_file", None):
-            try:
+        run_id = self._child(trial)
+        if run_id is None:
+            return
+        try:
+            self._client.log_dict(run_id, scrub(self.events_of(trial.trial_id)), "pbt_events.json")
+            if status == "FAILED" and getattr(trial, "error_file", None):
                 message = Path(trial.error_file).read_text().strip().splitlines()[-1]
                 self._client.set_tag(run_id, names.ERROR, message[:5000])
-            except OSError:
-                pass
-        self._client.set_terminated(run_id, status)
+        except Exception as exc:  # MLflow away: the status and metrics still follow
+            log.warning("pbtflow: could not log the end of trial %s to MLflow (%s).",
+                        trial.trial_id, exc)
+        self._writer.terminate(run_id, status)  # after its last rows
+        self._writer.flush()
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+    def close(self, spill_to: Path | None = None) -> Path | None:
+        """Deliver what is left; if MLflow is away, spill it to ``spill_to``."""
+        if self._writer is None:
+            return None
+        spilled = self._writer.close(spill_to)
+        if spilled:
+            log.warning("pbtflow: MLflow at %s did not answer; the undelivered metrics are kept "
+                        "in %s. Upload them with: pbtflow sync %s", self._client.tracking_uri,
+                        spilled, spilled)
+        return spilled
 
     # Kept with Tune's experiment state, so that a resumed experiment continues
     # the same child runs and steps.
@@ -370,6 +476,19 @@ class ParentRun:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.owned = owned  # we created it, so we end it
+        self.spill_path: Path | None = None  # where to keep what MLflow could not take
+
+    def end(self, status: str) -> None:
+        if not self.owned:
+            return
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:
+            if self.spill_path is None:
+                raise
+            spill(self.spill_path, self.client.tracking_uri, {}, {self.run_id: status})
+            log.warning("pbtflow: could not end the parent run in MLflow (%s); upload it later "
+                        "with: pbtflow sync %s", exc, self.spill_path)
 
     def log_experiment(self, experiment: Experiment, extra_params: Mapping[str, Any]) -> None:
         settings = {k: v for k, v in experiment.to_dict().items()
@@ -377,7 +496,7 @@ class ParentRun:
         settings.update(extra_params)
         self.client.log_batch(self.run_id, params=_params(settings),
                               tags=[RunTag(names.ROLE, "parent")])
-        safe = {k: v for k, v in experiment.to_dict().items() if not is_secret(k)}
+        safe = scrub(experiment.to_dict())
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / names.EXPERIMENT_FILE
             path.write_text(yaml.safe_dump(json.loads(json.dumps(safe, default=repr)), sort_keys=False))
@@ -400,8 +519,8 @@ class ParentRun:
 
 def log_lineage(parent: "ParentRun", lineage: Mapping[str, Any], schedule: Mapping[str, Any],
                 checkpoint_dir: str | None) -> None:
-    parent.client.log_dict(parent.run_id, dict(lineage), "lineage.json")
-    parent.client.log_dict(parent.run_id, dict(schedule), "best_schedule.json")
+    parent.client.log_dict(parent.run_id, scrub(lineage), "lineage.json")
+    parent.client.log_dict(parent.run_id, scrub(schedule), "best_schedule.json")
     if checkpoint_dir:
         parent.client.log_artifacts(parent.run_id, checkpoint_dir, "best_checkpoint")
 
@@ -447,17 +566,17 @@ def parent_run(experiment: Experiment, resume_run_id: str | None = None) -> Iter
     try:
         yield parent
     except (KeyboardInterrupt, TuningInterrupted):
-        if parent.owned:
-            client.set_terminated(parent.run_id, "KILLED")
+        parent.end("KILLED")
         raise
     except BaseException as exc:
-        client.set_tag(parent.run_id, names.ERROR, str(exc)[:5000] or type(exc).__name__)
-        if parent.owned:
-            client.set_terminated(parent.run_id, "FAILED")
+        try:
+            client.set_tag(parent.run_id, names.ERROR, str(exc)[:5000] or type(exc).__name__)
+        except Exception:  # MLflow away: the error still reaches the user
+            pass
+        parent.end("FAILED")
         raise
     else:
-        if parent.owned:
-            client.set_terminated(parent.run_id, "FINISHED")
+        parent.end("FINISHED")
 
 
 # -- reading back: `pbtflow report` ---------------------------------------------------

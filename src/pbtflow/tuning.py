@@ -105,7 +105,7 @@ def _init_ray() -> None:
     sets it to its instance_count) so the population is placed on all of them."""
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS") or os.environ.get("AZUREML_RUN_ID"):
+    if _joins_cluster():
         ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", configure_logging=False)
         _wait_for_nodes()
     else:
@@ -149,8 +149,14 @@ def _wait_for_nodes() -> None:
         f"to the nodes you have, or raise {RAY_NODES_TIMEOUT_ENV}.")
 
 
-def _check_resources(experiment: Experiment) -> None:
-    total = ray.cluster_resources()
+def _joins_cluster() -> bool:
+    return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("AZUREML_RUN_ID"))
+
+
+def _check_resources(experiment: Experiment, total: Mapping[str, float] | None = None) -> None:
+    """A trial larger than the whole cluster would wait forever: say so instead.
+    Without ``total``, ask the running Ray cluster."""
+    total = ray.cluster_resources() if total is None else total
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
     if experiment.cpus_per_trial > cpus:
         raise ExperimentError(
@@ -202,12 +208,12 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
     # Fail on an unreachable tracking server before Ray starts, and on a trial
     # larger than the cluster before a parent run is opened.
     tracking.check_reachable(tracking.resolve_tracking_uri(experiment))
+    if not ray.is_initialized() and not _joins_cluster():  # Ray would start on this machine
+        _check_resources(experiment, {"CPU": os.cpu_count() or 1, "GPU": float("inf")})
     _init_ray()
     _check_resources(experiment)
-    if hasattr(scheduler, "round_robin"):  # no pause-for-fairness when all members fit at once
-        scheduler.round_robin = (experiment.population * experiment.cpus_per_trial
-                                 > ray.cluster_resources().get("CPU", 0))
     with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None) as parent:
+        parent.spill_path = experiment_path / tracking.SPILL_FILE
         if resume is None:
             parent.log_experiment(experiment, {"metric": metric,
                                                "trainable_resolved": str(spec.trainable)})
@@ -239,7 +245,7 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
                 results = tuner.fit()
         finally:
             signal.signal(signal.SIGTERM, previous)
-            tracker.close()
+            tracker.close(spill_to=parent.spill_path)
         if stopper.error:
             raise ExperimentError(stopper.error)
         statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
@@ -258,14 +264,18 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         best = results.get_best_result(metric, experiment.mode, scope="last")
         value = flatten_dict(dict(best.metrics or {}), delimiter="/").get(metric)
         best_trial = (best.metrics or {}).get("trial_id", "")
-        parent.log_best(best_trial, metric, value,
-                        {k: v for k, v in flatten_dict(best.config, delimiter=".").items()
-                         if k in hyperparameters})
         events = tracker.events
-        tracking.log_lineage(parent, lineage.build_lineage(events, tracker.initial),
-                             lineage.best_schedule(events, tracker.initial, best_trial),
-                             best.checkpoint.path if best.checkpoint else None)
-        _log_plots(experiment, results, events, experiment_path, parent)
+        try:
+            parent.log_best(best_trial, metric, value,
+                            {k: v for k, v in flatten_dict(best.config, delimiter=".").items()
+                             if k in hyperparameters})
+            tracking.log_lineage(parent, lineage.build_lineage(events, tracker.initial),
+                                 lineage.best_schedule(events, tracker.initial, best_trial),
+                                 best.checkpoint.path if best.checkpoint else None)
+            _log_plots(experiment, results, events, experiment_path, parent)
+        except Exception as exc:  # MLflow away at the very end: the results are on disk
+            log.warning("pbtflow: could not log the summary to MLflow (%s); the results stay in %s.",
+                        exc, experiment_path)
         log.info("best trial %s: %s = %s", best_trial, metric, value)
     return results
 

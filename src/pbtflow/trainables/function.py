@@ -10,7 +10,7 @@ import importlib
 import inspect
 from typing import Any, Callable
 
-from ray import tune
+from ray import cloudpickle, tune
 
 from pbtflow import checkpoint
 from pbtflow.experiment import ExperimentError
@@ -47,6 +47,10 @@ def load(path: str) -> Callable[[dict], Any]:
             f"{attr}{inspect.signature(function)}; define it as `def {attr}(config): ...`.") from None
     except ValueError:  # builtins without a signature: let Tune try
         pass
+    # Ship the module's code with the trials: Ray's workers do not see the
+    # driver's sys.path, only what is installed or in the folder Ray started
+    # in. What the module itself imports must still be importable there.
+    cloudpickle.register_pickle_by_value(module)
     return function
 
 

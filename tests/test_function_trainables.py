@@ -1,0 +1,77 @@
+"""A user's own function trainable ("package.module:function") and the
+checkpoint helper: bad paths fail before Ray starts with one sentence; a
+member resumes at the saved step + 1, so its step always equals Tune's
+training_iteration, through pauses and PBT exploits alike."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from ray import tune
+
+import pbtflow
+from pbtflow import checkpoint, trainables
+from pbtflow.experiment import ExperimentError
+from conftest import run_entry
+
+SPACE = {"initial": {"x": tune.uniform(0.5, 2.0)}, "mutations": {"x": tune.uniform(0.5, 2.0)}}
+
+
+@pytest.mark.parametrize("path, message", [
+    ("no_such_module:train", "'no_such_module' must be an importable module, but got "
+                             "trainable='no_such_module:train' (ModuleNotFoundError"),
+    ("user_trainables:nothing", "module 'user_trainables' must define 'nothing', but got "
+                                "trainable='user_trainables:nothing'; its functions are: counting"),
+    ("user_trainables:NOT_A_FUNCTION", "must name a function taking the config dict, but got a int"),
+    ("user_trainables:two_arguments", "must accept exactly one argument (the config dict), but got "
+                                      "two_arguments(config, extra)"),
+])
+def test_bad_trainable_paths_fail_before_ray_starts(path, message):
+    experiment = pbtflow.Experiment(trainable=path, metric="score", **SPACE)
+    with pytest.raises(ExperimentError) as error:
+        trainables.build(experiment)
+    assert str(error.value).startswith("trainable: ") and message in str(error.value)
+    assert str(error.value).count(". ") == 0  # one sentence
+
+
+def test_a_custom_trainable_needs_a_metric_and_mutations():
+    with pytest.raises(ExperimentError, match=r"^metric: a custom trainable needs the metric"):
+        trainables.build(pbtflow.Experiment(trainable="user_trainables:counting", **SPACE))
+    with pytest.raises(ExperimentError, match=r"^mutations: PBT needs the hyperparameters"):
+        trainables.build(pbtflow.Experiment(trainable="user_trainables:counting", metric="score"))
+
+
+def test_entry_point_reports_an_unimportable_trainable_before_ray_starts(tmp_path):
+    proc = run_entry("--trainable", "no_such_module:train", "--metric", "score", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(
+        "pbtflow: error: trainable: 'no_such_module' must be an importable module")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Ray" not in proc.stdout + proc.stderr  # no local Ray instance was started
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_checkpoint_helper_reads_what_it_wrote(tmp_path):
+    with open(tmp_path / checkpoint.STATE_FILE, "wb") as f:
+        pickle.dump({"step": 6, "state": {"a": 1.5}}, f)
+    assert checkpoint.load(tune.Checkpoint.from_directory(str(tmp_path))) == (6, {"a": 1.5})
+    assert checkpoint.load(None) is None
+    with pytest.raises(ValueError, match="state.pkl is missing"):
+        checkpoint.load(tune.Checkpoint.from_directory(str(tmp_path / "..")))
+    with pytest.raises(ValueError, match="interval: must be at least 1"):
+        checkpoint.configure(interval=0)
+
+
+def test_resume_continues_at_the_saved_step_plus_one(ray_runtime, workdir):
+    experiment = pbtflow.Experiment(trainable="user_trainables:counting", metric="score",
+                                    population=2, perturbation_interval=2, stop_iters=10,
+                                    synch=True, seed=0, experiment_name="helper", **SPACE)
+    results = pbtflow.tune(experiment)
+    assert results.num_errors == 0
+    restores = 0
+    for result in results:
+        frame = result.metrics_dataframe
+        assert list(frame["step"]) == list(frame["training_iteration"])
+        restores += int(frame["restores"].max())
+    assert restores >= 2, "synchronous PBT pauses (and exploits) every member at each interval"

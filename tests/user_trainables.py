@@ -1,0 +1,41 @@
+"""Function trainables written as a user would, for the tests: they use
+pbtflow.checkpoint and nothing else from pbtflow."""
+
+from pbtflow import checkpoint
+
+NOT_A_FUNCTION = 42
+
+
+def counting(config):
+    """Reports its own step counter, to check that resuming continues at the
+    saved step + 1 (then it always equals Tune's training_iteration)."""
+    run = checkpoint.resume({"restores": 0})
+    if run.resumed:
+        run.state["restores"] += 1
+    while True:
+        run.report({"score": float(config["x"]) * run.step, "step": run.step,
+                    "restores": run.state["restores"]})
+
+
+def declining(config):
+    """A metric that gets worse with every step, at a member-specific level:
+    each new checkpoint scores below the older ones, so retention by score
+    deletes a donor's newest checkpoint as soon as the donor moves on."""
+    run = checkpoint.resume({})
+    while True:
+        run.report({"score": 100.0 * float(config["x"]) - run.step})
+
+
+def two_arguments(config, extra):
+    return None
+
+
+def slow_counting(config):
+    """Like `counting`, but each step takes `sleep` seconds: long enough to
+    stop and restart a tracking server while it runs."""
+    import time
+
+    run = checkpoint.resume({})
+    while True:
+        time.sleep(float(config.get("sleep", 0.2)))
+        run.report({"score": float(config["x"]) * run.step})
