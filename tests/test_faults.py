@@ -1,4 +1,4 @@
-"""Faults: a trial's worker killed mid-run, and the driver interrupted and
+"""Faults (slow: run with `make test-slow`): a trial's worker killed mid-run, and the driver interrupted and
 resumed. The MLflow record afterwards must look like a clean run's."""
 
 import os
@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ENTRY, start_mlflow_server, stop_mlflow_server
 from mlflow_checks import runs_by_role
+
+pytestmark = pytest.mark.slow
 
 # No exploits (perturbation interval beyond the budget), so each member's
 # training_iteration history must be exactly 1, 2, ..., stop_iters.

@@ -18,9 +18,9 @@ def counting(config):
 
 
 def declining(config):
-    """A metric that gets worse with every step, at a member-specific level:
-    each new checkpoint scores below the older ones, so retention by score
-    deletes a donor's newest checkpoint as soon as the donor moves on."""
+    """A score that drops with every step, at a level set by ``x``: a donor's
+    newest checkpoint scores below its older ones, so retention by score
+    deletes it as soon as the donor has moved on."""
     run = checkpoint.resume({})
     while True:
         run.report({"score": 100.0 * float(config["x"]) - run.step})

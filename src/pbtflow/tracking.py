@@ -99,7 +99,7 @@ class _Writer:
     server is away, rows (and run endings) are kept and sent once it answers;
     what is still unsent at the end is spilled to a file for `pbtflow sync`."""
 
-    def __init__(self, client: MlflowClient, interval: float = 1.0) -> None:
+    def __init__(self, client: MlflowClient, interval: float = 2.0) -> None:
         self._client = client
         self._interval = interval
         self._pending: dict[str, list[Metric]] = {}
@@ -432,8 +432,7 @@ class TrialTracker(Callback):
         except Exception as exc:  # MLflow away: the status and metrics still follow
             log.warning("pbtflow: could not log the end of trial %s to MLflow (%s).",
                         trial.trial_id, exc)
-        self._writer.terminate(run_id, status)  # after its last rows
-        self._writer.flush()
+        self._writer.terminate(run_id, status)  # sent after its last rows, by the writer thread
 
     def close(self, spill_to: Path | None = None) -> Path | None:
         """Deliver what is left; if MLflow is away, spill it to ``spill_to``."""

@@ -65,8 +65,15 @@ class _Population(BasicVariantGenerator):
     exploit of a function trainable kills its worker process and starts a new
     one, which dominates the wall time of cheap trainables."""
 
+    def __init__(self, *args: Any, stopper: "PopulationStopper | None" = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopper = stopper
+
     def is_finished(self) -> bool:
-        return super().is_finished() and not self._live_trials
+        # Once the stopper ends the experiment, Tune terminates paused and
+        # pending trials without telling the searcher: do not wait for them.
+        stopped = self._stopper is not None and self._stopper.stop_all()
+        return super().is_finished() and (stopped or not self._live_trials)
 
 
 class PopulationStopper(ray_tune.Stopper):
@@ -294,7 +301,7 @@ def _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent, sto
             scheduler=scheduler,
             num_samples=1 if isinstance(scheduler, ScheduleReplay) else experiment.population,
             reuse_actors=spec.reuse_actors,
-            search_alg=_Population(random_state=experiment.seed,
+            search_alg=_Population(stopper=stopper, random_state=experiment.seed,
                                    points_to_evaluate=spec.points_to_evaluate),
         ),
         run_config=ray_tune.RunConfig(
