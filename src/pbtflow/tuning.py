@@ -247,8 +247,9 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         # Tune turns SIGINT into a clean stop; make SIGTERM do the same.
         previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        interrupt = _InterruptWatch()
         try:
-            with _csv_logger_only():
+            with _csv_logger_only(), interrupt:
                 results = tuner.fit()
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -257,12 +258,11 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
             raise ExperimentError(stopper.error)
         statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
         tracker.end_remaining(statuses)
-        interrupted = [] if stopper.stop_all() else [
-            r.metrics.get("trial_id") for r in results
-            if r.error is None and r.metrics and not r.metrics.get("done")
-            and r.metrics.get(names.TRAINING_ITERATION, 0) < experiment.stop_iters]
-        if interrupted:
-            tracker.mark_interrupted(interrupted)
+        if interrupt.seen:  # KILLED: the members that had not reached their end
+            tracker.mark_interrupted([
+                r.metrics.get("trial_id") for r in results
+                if r.error is None and r.metrics and not r.metrics.get("done")
+                and r.metrics.get(names.TRAINING_ITERATION, 0) < experiment.stop_iters])
             raise tracking.TuningInterrupted(
                 f"interrupted; the experiment state is saved in {experiment_path}. Resume with: "
                 f"python src/tune_ppo.py --resume {experiment_path}")
@@ -315,6 +315,27 @@ def _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent, sto
             verbose=0,  # _Progress prints a compact summary instead
         ),
     )
+
+
+class _InterruptWatch(logging.Handler):
+    """Notices Tune's own report that SIGINT ended the experiment early: Tune
+    then stops the trials like finished ones, and returns normally."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+        self._logger = logging.getLogger("ray.tune.tune")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "has been interrupted" in record.getMessage():
+            self.seen = True
+
+    def __enter__(self) -> "_InterruptWatch":
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._logger.removeHandler(self)
 
 
 @contextlib.contextmanager
