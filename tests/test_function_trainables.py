@@ -55,7 +55,8 @@ def test_entry_point_reports_an_unimportable_trainable_before_ray_starts(tmp_pat
 def test_checkpoint_helper_reads_what_it_wrote(tmp_path):
     with open(tmp_path / checkpoint.STATE_FILE, "wb") as f:
         pickle.dump({"step": 6, "state": {"a": 1.5}}, f)
-    assert checkpoint.load(tune.Checkpoint.from_directory(str(tmp_path))) == (6, {"a": 1.5})
+    saved = checkpoint.load(tune.Checkpoint.from_directory(str(tmp_path)))
+    assert (saved["step"], saved["state"]) == (6, {"a": 1.5})
     assert checkpoint.load(None) is None
     with pytest.raises(ValueError, match="state.pkl is missing"):
         checkpoint.load(tune.Checkpoint.from_directory(str(tmp_path / "..")))

@@ -88,6 +88,10 @@ def test_same_against_a_real_mlflow_server(ray_runtime, workdir, mlflow_server):
     results = pbtflow.tune(exp)
     assert_nested_runs(MlflowClient(mlflow_server), "over-http", results, METRIC)
     assert not (workdir / "mlflow.db").exists()
+    # report and download work over HTTP too
+    assert main(["report", "--experiment", "over-http", "--tracking-uri", mlflow_server,
+                 "--download", str(workdir / "best")]) == 0
+    assert any((workdir / "best").rglob("*"))
 
 
 def test_failure_marks_the_parent_failed_with_the_message(ray_runtime, workdir):
@@ -132,3 +136,10 @@ def test_replay_retrains_on_the_best_schedule(smoke_run):
         assert history
         for m in history:  # step k is training iteration k + 1
             assert m.value == pytest.approx(config_at(schedule, m.step + 1)[key]), (key, m.step)
+
+
+def test_schedule_and_lineage_pictures_are_logged(smoke_run):
+    _, client, _ = smoke_run
+    parent = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
+    pictures = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/hp_schedule.png", "plots/lineage.png"} <= pictures

@@ -55,7 +55,9 @@ def test_lr_schedule_pbt_reaches_done_and_a_fixed_lr_does_not(ray_runtime, workd
     """Population 8, every member starting at lr 1e-4; a long run with
     hundreds of exploits and pbtflow's checkpoint retention: no trial may die
     of a deleted donor checkpoint (see test_retention.py for the contrast)."""
-    pbt = pbtflow.tune(pbtflow.Experiment(trainable="lr-schedule", seed=0, experiment_name="lr"))
+    # Stop the population at the first member done (the claim), not the last.
+    pbt = pbtflow.tune(pbtflow.Experiment(trainable="lr-schedule", seed=0, experiment_name="lr",
+                                          stop_return=lr_schedule.TARGET))
     assert pbt.num_errors == 0
     assert all(r.metrics_dataframe["cur_lr"].iloc[0] == 1e-4 for r in pbt)
     done_at = [r.metrics_dataframe.loc[r.metrics_dataframe[names.MEAN_ACCURACY] > lr_schedule.TARGET,

@@ -18,7 +18,9 @@ perturbation interval) and the seed before your function runs::
 ``run.state`` is what a checkpoint holds (any picklable mapping: keep it
 small, it is written every checkpoint interval); ``run.step`` is the step about
 to be reported (1 on a fresh start); ``run.rng`` is a NumPy generator seeded
-from the experiment's seed, the member and the step it resumed at.
+from the experiment's seed, the member, the step and the number of exploits
+behind the state: reproducible, the same whether a member was paused or ran
+on, and different each time a member copies a donor.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import copy
 import pickle
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -65,29 +68,31 @@ def member_index() -> int:
     except Exception:  # not inside a Tune session
         return 0
     suffix = trial_id.rsplit("_", 1)[-1]
-    return int(suffix) if suffix.isdigit() else abs(hash(trial_id)) % 100_000
+    return int(suffix) if suffix.isdigit() else zlib.crc32(trial_id.encode()) % 100_000
 
 
 class Run:
     """A member's training state between reports; see the module docstring."""
 
     def __init__(self, state: dict[str, Any], step: int, member: int,
-                 interval: int, seed: int | None) -> None:
+                 interval: int, seed: int | None, exploits: int = 0) -> None:
         self.state = state
         self.step = step
         self.member = member
         self.interval = interval
+        self.exploits = exploits  # donor copies behind this state
         self._seed = seed
         self.rng = self._rng_at(step)
         self.resumed = step > 1
 
     def _rng_at(self, step: int) -> np.random.Generator:
-        # Seeded per (seed, member, step) at every checkpoint boundary, so that a
-        # member paused and resumed at a checkpoint draws the same numbers as one
-        # that ran on, and an exploited member does not replay its donor's noise.
+        # Reseeded at every checkpoint boundary, so that a member paused and
+        # resumed at a checkpoint draws the same numbers as one that ran on; the
+        # exploit count keeps a member that copies the same donor checkpoint
+        # twice from replaying the same steps.
         if self._seed is None:
             return np.random.default_rng()
-        return np.random.default_rng([self._seed, self.member, step])
+        return np.random.default_rng([self._seed, self.member, step, self.exploits])
 
     @property
     def checkpoint_due(self) -> bool:
@@ -100,8 +105,8 @@ class Run:
         if self.checkpoint_due:
             with tempfile.TemporaryDirectory() as folder:
                 with open(Path(folder) / STATE_FILE, "wb") as f:
-                    pickle.dump({"step": self.step, "state": self.state}, f,
-                                protocol=pickle.HIGHEST_PROTOCOL)
+                    pickle.dump({"step": self.step, "state": self.state, "member": self.member,
+                                 "exploits": self.exploits}, f, protocol=pickle.HIGHEST_PROTOCOL)
                 tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
             self.rng = self._rng_at(self.step + 1)
         else:
@@ -109,8 +114,9 @@ class Run:
         self.step += 1
 
 
-def load(checkpoint: "tune.Checkpoint | None") -> tuple[int, dict[str, Any]] | None:
-    """(saved step, state) from a checkpoint written by :meth:`Run.report`."""
+def load(checkpoint: "tune.Checkpoint | None") -> dict[str, Any] | None:
+    """What :meth:`Run.report` saved: ``step``, ``state``, ``member`` (who
+    wrote it) and ``exploits``; None without a checkpoint."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
@@ -121,19 +127,20 @@ def load(checkpoint: "tune.Checkpoint | None") -> tuple[int, dict[str, Any]] | N
                              "pbtflow.checkpoint.Run.report.")
         with open(path, "rb") as f:
             saved = pickle.load(f)
-    return int(saved["step"]), saved["state"]
+    return {"member": None, "exploits": 0, **saved}
 
 
 def resume(initial_state: Mapping[str, Any] | None = None) -> Run:
     """Start a member: from the checkpoint Tune hands over (the member's own
     after a pause, a donor's after a PBT exploit) at the saved step + 1, else
     from a copy of ``initial_state`` at step 1."""
-    saved = load(tune.get_checkpoint())
+    saved, member = load(tune.get_checkpoint()), member_index()
     if saved is None:
-        step, state = 1, copy.deepcopy(dict(initial_state or {}))
-    else:
-        step, state = saved[0] + 1, saved[1]
-    return Run(state, step, member_index(), _settings.interval, _settings.seed)
+        return Run(copy.deepcopy(dict(initial_state or {})), 1, member, _settings.interval,
+                   _settings.seed)
+    exploits = int(saved["exploits"]) + (saved["member"] not in (None, member))
+    return Run(saved["state"], int(saved["step"]) + 1, member, _settings.interval,
+               _settings.seed, exploits)
 
 
 __all__ = ["Run", "configure", "load", "member_index", "resume"]

@@ -20,7 +20,8 @@ def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
         if f.metadata.get("cli", True) is False:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = "the trainable's preset" if f.default is None else f.default
+        default = f.metadata.get("shown_default",
+                                 "the trainable's preset" if f.default is None else f.default)
         help_text = f"{f.metadata['help']} (default: {default})"
         if str(f.type).startswith("bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,

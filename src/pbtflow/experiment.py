@@ -71,7 +71,8 @@ class Experiment:
     seed: int | None = _opt(None, "Random seed for the search space, PBT and the trainables.")
     baseline: str | None = _opt(None, "Run a no-PBT baseline instead, as its own parent run: 'grid' "
                                 "(PBT's starting points, held fixed) or 'random' (starting values "
-                                "sampled from the mutation domains); same trainable and budget.")
+                                "sampled from the mutation domains); same trainable and budget.",
+                                shown_default="none: run PBT")
     resume: str | None = _opt(None, "Folder of an interrupted experiment (printed when it stopped) to "
                               "continue, into the same MLflow parent and child runs.")
     smoke: bool = _opt(False, "Shrink everything to check the wiring in about a minute.")

@@ -30,6 +30,8 @@ QUADRATIC_PATHS = "quadratic_paths.png"
 QUADRATIC_Q = "quadratic_q.png"
 QUADRATIC_GIF = "quadratic_paths.gif"
 LR_SCHEDULE = "lr_schedule.png"
+HP_SCHEDULE = "hp_schedule.png"
+LINEAGE = "lineage.png"
 COLORS = ["black", "tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple",
           "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
@@ -287,13 +289,82 @@ def _quadratic_label(index: int, first: Mapping[str, Any]) -> str:
     return f"member {index}: h = ({first.get('h0', float('nan')):g}, {first.get('h1', float('nan')):g}) at start"
 
 
+def plot_schedules(members: Sequence[Member], schedules: Mapping[str, Mapping[str, Sequence[float]]],
+                   folder: Path, title: str = "") -> list[Path]:
+    """Each member's hyperparameters over its reported results (``schedules``:
+    trial id -> hyperparameter -> value per step), one panel per
+    hyperparameter, exploits marked: the schedule PBT found."""
+    def values_of(member: Member, key: str) -> np.ndarray:
+        return np.asarray(schedules.get(member.trial_id, {}).get(key, []), dtype=float)
+
+    keys = sorted({k for m in members for k in schedules.get(m.trial_id, {})
+                   # constant for everyone: not part of the schedule
+                   if len({v for mm in members for v in values_of(mm, k)}) > 1})
+    if not keys:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 1.9 * len(keys) + 0.8), sharex=True,
+                             squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        for index, member in enumerate(members):
+            values = values_of(member, key)
+            steps = np.arange(len(values))
+            color = COLORS[index % len(COLORS)]
+            ax.step(steps, values, where="post", color=color, lw=1.4, label=member.label)
+            for row, _donor in member.exploits:
+                if row < len(values):
+                    ax.plot(row, values[row], "o", color=color, ms=5, mfc="white")
+        ax.set_ylabel(key)
+        every = np.concatenate([values_of(m, key) for m in members])
+        every = every[np.isfinite(every)]
+        if every.size and every.min() > 0 and every.max() / every.min() > 50:
+            ax.set_yscale("log")  # e.g. learning rates spanning decades
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("member's step (results reported); circles: exploits")
+    axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.suptitle(f"{title}: hyperparameter schedules" if title else "hyperparameter schedules")
+    fig.tight_layout()
+    return [_save(fig, folder / HP_SCHEDULE)]
+
+
+def plot_lineage(members: Sequence[Member], events: Sequence[Mapping[str, Any]], folder: Path,
+                 title: str = "") -> list[Path]:
+    """Which member copied which, and when: one row per member, an arrow from
+    the donor's row to the copier's at each exploit."""
+    if not members:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    row_of = {m.trial_id: i for i, m in enumerate(members)}
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(members) + 1.6))
+    for index, member in enumerate(members):
+        ax.plot([0, len(member)], [index, index], color=COLORS[index % len(COLORS)], lw=3, alpha=0.5)
+        for row, donor in member.exploits:
+            if donor in row_of:
+                ax.annotate("", xy=(row, index), xytext=(row, row_of[donor]),
+                            arrowprops={"arrowstyle": "->", "color": COLORS[row_of[donor] % len(COLORS)],
+                                        "lw": 1.2})
+    ax.set_yticks(range(len(members)), [m.label for m in members])
+    ax.set_xlabel("member's step (results reported)")
+    ax.set_title(f"{title + ': ' if title else ''}lineage, {len(events)} exploits "
+                 "(arrow: donor -> copier)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return [_save(fig, folder / LINEAGE)]
+
+
 def write(trainable: str, results: Iterable[Any], events: Sequence[Mapping[str, Any]],
-          folder: str | Path, title: str = "") -> list[Path]:
-    """The pictures of a finished experiment, written into ``folder``; none for
-    trainables without pictures."""
+          folder: str | Path, title: str = "",
+          schedules: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> list[Path]:
+    """The pictures of a finished experiment, written into ``folder``: every
+    experiment's schedules and lineage, plus the toy problems' own pictures."""
     folder = Path(folder)
+    results = list(results)
+    paths: list[Path] = []
     if trainable == "quadratic":
-        return plot_quadratic(members_from(results, events, _quadratic_label), folder, title)
-    if trainable == "lr-schedule":
-        return plot_lr_schedule(members_from(results, events), folder, title)
-    return []
+        paths += plot_quadratic(members_from(results, events, _quadratic_label), folder, title)
+    elif trainable == "lr-schedule":
+        paths += plot_lr_schedule(members_from(results, events), folder, title)
+    members = members_from(results, events)
+    paths += plot_schedules(members, schedules or {}, folder, title)
+    paths += plot_lineage(members, events, folder, title)
+    return paths

@@ -243,6 +243,7 @@ class TrialTracker(Callback):
         self._events_seen = 0
         self.ended: set[str] = set()  # trials whose child run has ended
         self.initial: dict[str, dict[str, Any]] = {}  # trial id -> initial hyperparameters
+        self.hp_history: dict[str, dict[str, list[float]]] = {}  # trial id -> hp -> per step
         self._mismatch_warned: set[tuple[str, str]] = set()
 
     # -- Ray Tune callback hooks ------------------------------------------------------
@@ -291,8 +292,11 @@ class TrialTracker(Callback):
         # The config this result was produced with: by the time callbacks run,
         # PBT may already have given the trial its next config.
         config = result.get("config") or trial.config
-        rows += [Metric(names.HP_PREFIX + k, v, when, step)
-                 for k, v in self._hp_values(config).items()]
+        hp = self._hp_values(config)
+        rows += [Metric(names.HP_PREFIX + k, v, when, step) for k, v in hp.items()]
+        history = self.hp_history.setdefault(trial.trial_id, {})
+        for key, value in hp.items():  # for the schedule picture
+            history.setdefault(key, []).append(value)
         rows.append(Metric(names.EXPLOITS, float(self._exploits.get(trial.trial_id, 0)), when, step))
         rows += [Metric(names.EFFECTIVE_PREFIX + k, v, when, step)
                  for k, v in self._check_effective(trial, result).items()]

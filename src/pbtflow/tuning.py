@@ -279,7 +279,7 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
             tracking.log_lineage(parent, lineage.build_lineage(events, tracker.initial),
                                  lineage.best_schedule(events, tracker.initial, best_trial),
                                  best.checkpoint.path if best.checkpoint else None)
-            _log_plots(experiment, results, events, experiment_path, parent)
+            _log_plots(experiment, results, events, experiment_path, parent, tracker.hp_history)
         except Exception as exc:  # MLflow away at the very end: the results are on disk
             log.warning("pbtflow: could not log the summary to MLflow (%s); the results stay in %s.",
                         exc, experiment_path)
@@ -370,7 +370,7 @@ def _checkpoint_config(experiment: Experiment, spec: trainables.TrainableSpec) -
 
 
 def _log_plots(experiment: Experiment, results: ResultGrid, events: list, experiment_path: Path,
-               parent: tracking.ParentRun) -> None:
+               parent: tracking.ParentRun, schedules: dict) -> None:
     """Pictures of the run next to its results and in the parent run; a failure
     here only warns, the run itself is recorded already."""
     from pbtflow import plots  # matplotlib, only when there is something to draw
@@ -378,7 +378,8 @@ def _log_plots(experiment: Experiment, results: ResultGrid, events: list, experi
     title = experiment.trainable + (f", {experiment.baseline} baseline (no PBT)"
                                     if experiment.baseline else ", PBT")
     try:
-        paths = plots.write(experiment.trainable, results, events, experiment_path / "plots", title)
+        paths = plots.write(experiment.trainable, results, events, experiment_path / "plots", title,
+                            schedules)
         if paths:
             parent.log_artifacts(paths)
             log.info("pictures: %s", ", ".join(str(p) for p in paths))

@@ -8,6 +8,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pbtflow import names
+
 # Built-in names -> modules, imported only when used (RLlib is heavy).
 BUILTIN = {
     "ppo": "pbtflow.trainables.ppo",
@@ -25,13 +27,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # Ray's PBT function example; each member stops itself when `done`.
     "lr-schedule": {
-        "population": 8, "stop_iters": 1000, "stop_return": None, "metric": "mean_accuracy",
+        "population": 8, "stop_iters": 1000, "stop_return": None, "metric": names.MEAN_ACCURACY,
         "time_attr": "training_iteration", "perturbation_interval": 5,
         "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
     },
     # The PBT paper's Figure 2.
     "quadratic": {
-        "population": 2, "stop_iters": 100, "stop_return": None, "metric": "Q",
+        "population": 2, "stop_iters": 100, "stop_return": None, "metric": names.Q,
         "time_attr": "training_iteration", "perturbation_interval": 4,
         "quantile_fraction": 0.5, "resample_probability": 0.5, "synch": True,
     },

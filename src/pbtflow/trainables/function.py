@@ -8,12 +8,13 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ray import cloudpickle, tune
 
 from pbtflow import checkpoint
 from pbtflow.experiment import ExperimentError
+from pbtflow.pbt import _DOMAINS as DOMAIN_NAMES, to_mutation
 from pbtflow.trainables import TrainableSpec
 
 
@@ -66,12 +67,20 @@ def wrap(function: Callable[[dict], Any], interval: int, seed: int | None) -> Ca
     return trainable
 
 
+def _initial_value(value: Any) -> Any:
+    """A YAML domain such as {uniform: [0.5, 2.0]} becomes a Tune domain (each
+    member samples its starting value); anything else is the value itself."""
+    if isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in DOMAIN_NAMES:
+        return to_mutation(value, "initial")
+    return value
+
+
 def spec(function: Callable[[dict], Any], experiment, *, metric: str | None,
          initial: dict[str, Any], mutations: dict[str, Any] | None,
          **extra: Any) -> TrainableSpec:
     """The TrainableSpec of a function trainable; ``experiment.initial`` and
     ``experiment.mutations`` override the given ones."""
-    initial = {**initial, **(experiment.initial or {})}
+    initial = {**initial, **{k: _initial_value(v) for k, v in (experiment.initial or {}).items()}}
     mutations = experiment.mutations if experiment.mutations is not None else mutations
     metric = experiment.metric or metric
     if metric is None:
@@ -99,5 +108,4 @@ def spec(function: Callable[[dict], Any], experiment, *, metric: str | None,
 def build(experiment) -> TrainableSpec:
     """A user's ``package.module:function`` trainable."""
     function = load(experiment.trainable)
-    return spec(function, experiment, metric=None, initial={}, mutations=None,
-                tags={"trainable.function": experiment.trainable})
+    return spec(function, experiment, metric=None, initial={}, mutations=None)
