@@ -44,8 +44,8 @@ def test_quadratic_pbt_reaches_the_optimum_and_the_grid_does_not(ray_runtime, wo
     parents = _parents(workdir, "quadratic")
     assert set(parents) == {"pbt", "grid"}
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    pictures = {"quadratic_paths.png", "quadratic_q.png", "quadratic_paths.gif"}
-    for kind, results in (("pbt", pbt), ("grid", grid)):
+    own = {"quadratic_paths.png", "quadratic_q.png", "quadratic_paths.gif", "hp_schedule.png"}
+    for kind, results, pictures in (("pbt", pbt, own | {"lineage.png"}), ("grid", grid, own)):
         logged = {Path(f.path).name for f in client.list_artifacts(parents[kind].info.run_id, "plots")}
         assert logged == pictures, logged
         assert {p.name for p in (Path(results.experiment_path) / "plots").iterdir()} == pictures

@@ -356,7 +356,8 @@ def write(trainable: str, results: Iterable[Any], events: Sequence[Mapping[str, 
           folder: str | Path, title: str = "",
           schedules: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> list[Path]:
     """The pictures of a finished experiment, written into ``folder``: every
-    experiment's schedules and lineage, plus the toy problems' own pictures."""
+    experiment's schedules, its lineage when PBT exploited at all, plus the toy
+    problems' own pictures."""
     folder = Path(folder)
     results = list(results)
     paths: list[Path] = []
@@ -366,5 +367,6 @@ def write(trainable: str, results: Iterable[Any], events: Sequence[Mapping[str, 
         paths += plot_lr_schedule(members_from(results, events), folder, title)
     members = members_from(results, events)
     paths += plot_schedules(members, schedules or {}, folder, title)
-    paths += plot_lineage(members, events, folder, title)
+    if events:  # a baseline (or a PBT run that never exploited) has no lineage to draw
+        paths += plot_lineage(members, events, folder, title)
     return paths
