@@ -76,3 +76,12 @@ def test_resume_continues_at_the_saved_step_plus_one(ray_runtime, workdir):
         assert list(frame["step"]) == list(frame["training_iteration"])
         restores += int(frame["restores"].max())
     assert restores >= 2, "synchronous PBT pauses (and exploits) every member at each interval"
+
+
+def test_entry_point_imports_a_users_module_from_the_folder_it_runs_in(tmp_path):
+    """`python src/tune_ppo.py` puts src/ on the path, not the working folder:
+    a module there still imports (here it then fails on purpose, before Ray)."""
+    (tmp_path / "mine.py").write_text("def train(config, extra):\n    pass\n")
+    proc = run_entry("--trainable", "mine:train", "--metric", "score", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "'mine:train' must accept exactly one argument" in proc.stderr, proc.stderr

@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import sys
 from typing import Any, Callable, Mapping
 
 from ray import cloudpickle, tune
@@ -22,6 +24,10 @@ def load(path: str) -> Callable[[dict], Any]:
     """Import ``package.module:function`` and check that it can take a config;
     fail with one sentence otherwise (before Ray starts)."""
     module_name, _, attr = path.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # `python src/tune_ppo.py` puts src/ on the path, not the folder it runs
+        # in; a user's package there should import as it would with `python -m`.
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or an error raised while importing it
