@@ -8,7 +8,8 @@ starting at lr 1e-4), in the same run, on the same Ray runtime.
   checkpoint_score_attribute="mean_accuracy")``; each member stops when done or
   at 1000 iterations. (``fail_fast`` is left at Tune's default so that the
   errored trials are counted instead of ending the run; Tune's console table is
-  off on both sides.)
+  off on both sides.) Then the same with every checkpoint kept, so that no
+  trial dies: what Tune's defaults cost for the whole experiment.
 - pbtflow: ``pbtflow.tune(Experiment(trainable="lr-schedule"))`` with its
   defaults, MLflow tracking included (a SQLite store in a temporary folder).
 
@@ -17,7 +18,7 @@ of the steps to the first member done, against the floor of a simulation in
 which 8 members always use the optimal lr and the best quarter is copied into
 the worst quarter every 5 steps.
 
-    python benchmarks/bench_lr_schedule.py            # the full comparison (~11 min on 2 cores)
+    python benchmarks/bench_lr_schedule.py            # the full comparison (~25 min on 2 cores)
     python benchmarks/bench_lr_schedule.py --quick    # 60 iterations per member, one quality seed
 """
 
@@ -50,18 +51,20 @@ def first_done(results) -> int | None:
     return min(steps) if steps else None
 
 
-def run_plain_ray(storage: str, stop_iters: int) -> dict:
-    """Ray's example (ray/tune/examples/pbt_function.py) with Tune's defaults."""
+def run_plain_ray(storage: str, stop_iters: int, keep_all: bool = False) -> dict:
+    """Ray's example (ray/tune/examples/pbt_function.py) with Tune's defaults;
+    ``keep_all``: every checkpoint kept instead, so that no trial dies and the
+    whole experiment runs (what Tune's defaults cost when nothing breaks)."""
     scheduler = PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=INTERVAL,
         hyperparam_mutations={"lr": tune.uniform(0.0001, 0.02), "some_other_factor": [1, 2]})
     tuner = tune.Tuner(
         pbt_function,
         run_config=tune.RunConfig(
-            name="plain_ray", storage_path=storage, verbose=0,
+            name="plain_ray_keep_all" if keep_all else "plain_ray", storage_path=storage, verbose=0,
             stop={"done": True, "training_iteration": stop_iters},
-            checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute="mean_accuracy",
-                                                    num_to_keep=2)),
+            checkpoint_config=tune.CheckpointConfig() if keep_all else tune.CheckpointConfig(
+                checkpoint_score_attribute="mean_accuracy", num_to_keep=2)),
         tune_config=tune.TuneConfig(scheduler=scheduler, metric="mean_accuracy", mode="max",
                                     num_samples=POPULATION),
         param_space={"lr": 0.0001, "some_other_factor": 1, "checkpoint_interval": INTERVAL},
@@ -122,6 +125,8 @@ def main() -> None:
         tracking = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         ours = run_pbtflow(str(Path(tmp) / "pbtflow"), tracking, seed=0, stop_iters=stop_iters)
         plain = None if args.skip_plain_ray else run_plain_ray(str(Path(tmp) / "ray"), stop_iters)
+        whole = (None if args.skip_plain_ray else
+                 run_plain_ray(str(Path(tmp) / "ray"), stop_iters, keep_all=True))
         quality = [run_pbtflow(str(Path(tmp) / f"q{seed}"), tracking, seed=seed,
                                stop_iters=stop_iters, stop_at_first_done=True)["first_done"]
                    for seed in range(seeds)]
@@ -135,10 +140,15 @@ def main() -> None:
         print(f"| plain Ray (Tune defaults) | {plain['wall']:.0f} s | {plain['errors']} of {POPULATION}"
               f" ({plain['gone']} \"does not exist on storage anymore\") | "
               f"{_fmt(plain['first_done'])} |")
+    if whole is not None:
+        print(f"| plain Ray, every checkpoint kept | {whole['wall']:.0f} s | {whole['errors']} of "
+              f"{POPULATION} | {_fmt(whole['first_done'])} |")
     print(f"| pbtflow defaults | {ours['wall']:.0f} s | {ours['errors']} of {POPULATION} | "
           f"{_fmt(ours['first_done'])} |")
     if plain is not None:
         print(f"| ratio (plain Ray / pbtflow) | {plain['wall'] / ours['wall']:.1f}x | | |")
+        print(f"| ratio (plain Ray, every checkpoint kept / pbtflow) | "
+              f"{whole['wall'] / ours['wall']:.1f}x | | |")
     reached = [q for q in quality if q is not None]
     median = statistics.median(reached) if len(reached) == len(quality) else None
     print(f"\nquality: steps to the first `done` with pbtflow's defaults, seeds 0-{seeds - 1}: "
