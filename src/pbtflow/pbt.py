@@ -33,6 +33,11 @@ _DOMAINS = {
 }
 
 
+def is_domain(spec: Any) -> bool:
+    """Whether ``spec`` is a Tune domain written as YAML: {uniform: [low, high]}."""
+    return isinstance(spec, Mapping) and len(spec) == 1 and next(iter(spec)) in _DOMAINS
+
+
 def to_mutation(spec: Any, name: str = "mutations") -> Any:
     """Turn one mutation as written in YAML or Python into what Ray accepts."""
     if isinstance(spec, Domain) or callable(spec):
@@ -42,7 +47,7 @@ def to_mutation(spec: Any, name: str = "mutations") -> Any:
             raise ExperimentError(f"{name}: a list mutation needs at least one value, but got [].")
         return list(spec)
     if isinstance(spec, Mapping):
-        if len(spec) == 1 and next(iter(spec)) in _DOMAINS:
+        if is_domain(spec):
             kind, args = next(iter(spec.items()))
             args = args if isinstance(args, (list, tuple)) else [args]
             try:

@@ -12,7 +12,7 @@ exploit events that :class:`pbtflow.pbt.RecordingPBT` records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -52,10 +52,9 @@ class Member:
         return len(self.rows.get(names.TRAINING_ITERATION, []))
 
 
-def members_from(results: Iterable[Any], events: Sequence[Mapping[str, Any]] = (),
-                 label: Any = None) -> list[Member]:
+def members_from(results: Iterable[Any], events: Sequence[Mapping[str, Any]] = ()) -> list[Member]:
     """Members from a Tune ResultGrid (or any iterable of Results), ordered by
-    trial id; ``label(index, first_row) -> str`` names them."""
+    trial id and named "member 0", "member 1", ..."""
     members = []
     for result in results:
         frame = result.metrics_dataframe
@@ -67,8 +66,7 @@ def members_from(results: Iterable[Any], events: Sequence[Mapping[str, Any]] = (
         members.append(Member(trial_id, "", rows))
     members.sort(key=lambda m: m.trial_id)
     for index, member in enumerate(members):
-        first = {k: v[0] for k, v in member.rows.items()}
-        member.label = label(index, first) if label else f"member {index}"
+        member.label = f"member {index}"
         member.exploits = _exploit_rows(member, [e for e in events if e["trial_id"] == member.trial_id])
     return members
 
@@ -285,8 +283,10 @@ def _save(fig, path: Path) -> Path:
 
 
 # -- entry used by tuning ---------------------------------------------------------------
-def _quadratic_label(index: int, first: Mapping[str, Any]) -> str:
-    return f"member {index}: h = ({first.get('h0', float('nan')):g}, {first.get('h1', float('nan')):g}) at start"
+def _with_start_h(member: Member) -> Member:
+    """The member named with its starting h, for the quadratic's pictures."""
+    h0, h1 = (member.column(k)[0] if len(member) else float("nan") for k in ("h0", "h1"))
+    return replace(member, label=f"{member.label}: h = ({h0:g}, {h1:g}) at start")
 
 
 def plot_schedules(members: Sequence[Member], schedules: Mapping[str, Mapping[str, Sequence[float]]],
@@ -361,11 +361,11 @@ def write(trainable: str, results: Iterable[Any], events: Sequence[Mapping[str, 
     folder = Path(folder)
     results = list(results)
     paths: list[Path] = []
-    if trainable == "quadratic":
-        paths += plot_quadratic(members_from(results, events, _quadratic_label), folder, title)
-    elif trainable == "lr-schedule":
-        paths += plot_lr_schedule(members_from(results, events), folder, title)
     members = members_from(results, events)
+    if trainable == "quadratic":
+        paths += plot_quadratic([_with_start_h(m) for m in members], folder, title)
+    elif trainable == "lr-schedule":
+        paths += plot_lr_schedule(members, folder, title)
     paths += plot_schedules(members, schedules or {}, folder, title)
     if events:  # a baseline (or a PBT run that never exploited) has no lineage to draw
         paths += plot_lineage(members, events, folder, title)

@@ -10,13 +10,13 @@ import importlib
 import inspect
 import os
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from ray import cloudpickle, tune
 
 from pbtflow import checkpoint
 from pbtflow.experiment import ExperimentError
-from pbtflow.pbt import _DOMAINS as DOMAIN_NAMES, to_mutation
+from pbtflow.pbt import is_domain, to_mutation
 from pbtflow.trainables import TrainableSpec
 
 
@@ -76,9 +76,7 @@ def wrap(function: Callable[[dict], Any], interval: int, seed: int | None) -> Ca
 def _initial_value(value: Any) -> Any:
     """A YAML domain such as {uniform: [0.5, 2.0]} becomes a Tune domain (each
     member samples its starting value); anything else is the value itself."""
-    if isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in DOMAIN_NAMES:
-        return to_mutation(value, "initial")
-    return value
+    return to_mutation(value, "initial") if is_domain(value) else value
 
 
 def spec(function: Callable[[dict], Any], experiment, *, metric: str | None,
