@@ -17,6 +17,40 @@ def test_smoke_shrinks_the_population_and_budget():
 
 
 @pytest.mark.parametrize("key, value", [
+    ("population", 4), ("stop_iters", 10), ("perturbation_interval", 3),
+    ("checkpoint_interval", 1), ("stop_return", 100.0), ("quantile_fraction", 0.5),
+])
+def test_smoke_keeps_every_setting_the_user_gave(key, value):
+    assert getattr(Experiment(smoke=True, **{key: value}), key) == value
+    flags = {key: str(value)}  # as the CLI hands them over
+    assert getattr(from_sources(None, {"smoke": "true", **flags}), key) == value
+
+
+def test_smoke_keeps_settings_from_a_yaml_file(tmp_path):
+    (tmp_path / "exp.yaml").write_text("population: 4\nstop_iters: 10\nperturbation_interval: 5\n")
+    exp = from_sources(tmp_path / "exp.yaml", {"smoke": True})
+    assert (exp.population, exp.stop_iters, exp.perturbation_interval) == (4, 10, 5)
+
+
+def test_smoke_keeps_the_users_ppo_batches():
+    from pbtflow.trainables import build
+
+    spec = build(Experiment(smoke=True, initial={"train_batch_size_per_learner": 4000,
+                                                 "num_epochs": 7}))
+    assert spec.param_space["train_batch_size_per_learner"] == 4000
+    assert spec.param_space["num_epochs"] == 7
+    assert spec.param_space["minibatch_size"] == 64  # left unset: smoke's
+
+
+def test_parent_params_only_name_settings_for_the_trainable():
+    custom = Experiment(trainable="pkg.mod:train", metric="x", mutations={"a": [1, 2]})
+    assert not {"env", "preset", "num_env_runners", "cpus_per_env_runner", "gpus_per_trial",
+                "initial", "mutations"} & set(custom.applicable_settings())
+    assert custom.applicable_settings()["trainable"] == "pkg.mod:train"
+    assert {"env", "preset", "num_env_runners"} <= set(Experiment().applicable_settings())
+
+
+@pytest.mark.parametrize("key, value", [
     ("population", 2), ("quantile_fraction", 0), ("quantile_fraction", 0.5),
     ("resample_probability", 0), ("resample_probability", 1), ("perturbation_interval", 0.5),
     ("stop_return", "inf"), ("num_env_runners", 0), ("max_failures", -1),

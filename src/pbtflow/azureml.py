@@ -264,11 +264,7 @@ def _tune_settings(plan: SizingPlan, options: JobOptions) -> dict[str, Any]:
             _fail("set", f"{key!r} is set by the job itself (from the plan, the output folder or "
                   "the workspace), but got it in --set; drop it")
     settings.update({k: _number(v) for k, v in extra.items()})
-    experiment = Experiment(**settings)
-    if experiment.population != plan.population:
-        _fail("population", f"the plan sizes {plan.population} trials, but the experiment runs "
-              f"{experiment.population} (--smoke fixes it at 2); size the plan with --population "
-              f"{experiment.population}")
+    experiment = Experiment(**settings)  # the plan's population wins, --smoke included
     if abs(experiment.cpus_per_trial - plan.cpus_per_trial) > 1e-9:
         _fail("cpus_per_trial", f"the plan assumes {plan.cpus_per_trial:g} CPUs per trial, but "
               f"trainable {options.trainable!r} asks Ray for {experiment.cpus_per_trial:g}")

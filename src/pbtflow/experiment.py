@@ -35,7 +35,7 @@ class Experiment:
 
     trainable: str = _opt("ppo", "What to tune: 'ppo' (RLlib PPO), 'lr-schedule', 'quadratic', "
                           "or your own function trainable as 'package.module:function'.")
-    env: str = _opt("CartPole-v1", "Registered gymnasium environment id (PPO only).")
+    env: str = _opt("CartPole-v1", "Registered gymnasium environment id (PPO only).", only="ppo")
     population: int | None = _opt(None, "Number of PBT members (trials) trained together.")
     stop_iters: int | None = _opt(None, "Stop each member after this many training iterations.")
     stop_return: float | None = _opt(None, "Stop the whole population once the best member's "
@@ -52,14 +52,15 @@ class Experiment:
                                               "instead of perturbing it, in [0, 1].")
     synch: bool | None = _opt(None, "Synchronous PBT: wait for every member before exploiting.")
     preset: str = _opt("laptop", "Search-space preset: 'laptop' (small batches, 2 CPU cores) or "
-                       "'cluster' (DESIGN.md's reference space).")
+                       "'cluster' (DESIGN.md's reference space); PPO only.", only="ppo")
     cpus_per_trial_process: float | None = _opt(None, "CPUs reserved for a trial's own process "
                                                 "(PPO: learner + local sampling); default: 2 / population "
                                                 "on the laptop preset so the whole population runs at "
                                                 "once on 2 cores, 1 otherwise.")
-    num_env_runners: int = _opt(0, "RLlib env runners per trial (0 samples in the trial's own process).")
-    cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.")
-    gpus_per_trial: float = _opt(0, "GPUs per trial (for the learner).")
+    num_env_runners: int = _opt(0, "RLlib env runners per trial (0 samples in the trial's own "
+                                "process).", only="ppo")
+    cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.", only="ppo")
+    gpus_per_trial: float = _opt(0, "GPUs per trial (for the RLlib learner).", only="ppo")
     checkpoint_interval: int | None = _opt(None, "Checkpoint every this many iterations; must divide "
                                            "the perturbation interval (default: equal to it).")
     max_failures: int = _opt(2, "Times Tune retries a failed trial from its latest checkpoint.")
@@ -75,7 +76,8 @@ class Experiment:
                                 shown_default="none: run PBT")
     resume: str | None = _opt(None, "Folder of an interrupted experiment (printed when it stopped) to "
                               "continue, into the same MLflow parent and child runs.")
-    smoke: bool = _opt(False, "Shrink everything to check the wiring in about a minute.")
+    smoke: bool = _opt(False, "Shrink what you left unset to check the wiring in about a minute "
+                       "(population 2, at most 6 iterations, perturbation every 2, small batches).")
     initial: dict | None = _opt(None, "Initial hyperparameters (YAML/Python only): values or Tune "
                                 "domains, overriding the preset's.", cli=False)
     mutations: dict | None = _opt(None, "PBT hyperparameter mutations (YAML/Python only), replacing "
@@ -88,15 +90,14 @@ class Experiment:
         # Settings left unset take the trainable's preset (trainables.DEFAULTS).
         from pbtflow.trainables import DEFAULTS
 
+        # --smoke shrinks only what the user left unset, then the preset fills
+        # the rest: a value the user gave always wins.
         preset = DEFAULTS.get(self.trainable, DEFAULTS["custom"])
-        for key, value in preset.items():
+        shrunk = {"population": 2, "stop_iters": min(preset["stop_iters"], 6),
+                  "perturbation_interval": 2} if self.smoke else {}
+        for key, value in {**preset, **shrunk}.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        if self.smoke:  # the same pipeline, shrunk; batches shrink in the trainable
-            self.population = 2
-            self.stop_iters = min(self.stop_iters, 6)
-            self.perturbation_interval = 2
-            self.checkpoint_interval = None
         if self.cpus_per_trial_process is None:
             # Laptop: share this machine's cores so the whole population trains
             # at once (round-robin would restart a PPO actor at every pause).
@@ -179,6 +180,14 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def applicable_settings(self) -> dict[str, Any]:
+        """The settings that describe this experiment: set, and meaningful for
+        its trainable (no env for a function trainable); the search space
+        (initial, mutations) is recorded per trial instead."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None and f.name not in ("initial", "mutations")
+                and f.metadata.get("only") in (None, self.trainable)}
 
     def replace(self, **changes: Any) -> "Experiment":
         return dataclasses.replace(self, **changes)
