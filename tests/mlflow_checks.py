@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pbtflow import names
+from pbtflow.lineage import read_ray_log, trial_index
+from pbtflow.pbt import get_path
 
 
 def runs_by_role(client: MlflowClient, experiment_name: str) -> tuple[list, list]:
@@ -40,3 +47,63 @@ def assert_nested_runs(client: MlflowClient, experiment_name: str, results, metr
     assert parent.data.tags[names.BEST_TRIAL] in trial_ids
     assert names.BEST_PREFIX + metric in parent.data.metrics
     return parent, children
+
+
+def _artifact_json(client: MlflowClient, run_id: str, path: str, tmp: str):
+    return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+
+
+def assert_record_is_true(client: MlflowClient, parent_run_id: str, results) -> dict:
+    """The MLflow record of a finished PBT run, read back with a fresh client,
+    against Ray's own PBT log (pbt_global.txt) and Tune's per-trial results:
+    the run's own record check says 'complete'; every child has pbt_events.json
+    with Ray's exploits, donors and new configs; every mutated hyperparameter is
+    an hp/ metric at every step, starting at the param and switching to Ray's
+    new config the step after each exploit; the pictures' data equal the hp/
+    rows and lineage.json. Returns some counts for the caller."""
+    parent = client.get_run(parent_run_id)
+    assert parent.data.tags.get(names.RECORD_CHECK) == "complete", parent.data.tags.get(names.RECORD_CHECK)
+    mutated = parent.data.params["mutated_hyperparameters"].split(",")
+    ray_log = read_ray_log(results.experiment_path)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`{names.PARENT_RUN_ID}` = '{parent_run_id}'")
+    rows = {r.metrics["trial_id"]: len(r.metrics_dataframe) for r in results}
+    assert {c.data.tags[names.TRIAL_ID] for c in children} == set(rows)
+    by_index = {trial_index(tid): tid for tid in rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        lineage = _artifact_json(client, parent_run_id, "lineage.json", tmp)
+        series = _artifact_json(client, parent_run_id, "plots/hp_schedule.json", tmp)
+        arrows = (_artifact_json(client, parent_run_id, "plots/lineage_arrows.json", tmp)
+                  if ray_log else [])
+        histories = {}
+        for child in children:
+            tid = child.data.tags[names.TRIAL_ID]
+            events = _artifact_json(client, child.info.run_id, "pbt_events.json", tmp)
+            mine = [e for e in ray_log if by_index[e["target"]] == tid]
+            assert [e["donor_id"] for e in events] == [by_index[e["donor"]] for e in mine], tid
+            assert len(lineage[tid]["exploits"]) == len(mine)
+            n = rows[tid]
+            for key in mutated:
+                history = sorted((m.step, m.value)
+                                 for m in client.get_metric_history(child.info.run_id, "hp/" + key))
+                assert [s for s, _ in history] == list(range(n)), (tid, key)
+                assert history[0][1] == pytest.approx(float(child.data.params[key])), (tid, key)
+                for event, entry in zip(events, mine):
+                    after = event["member_step"] + 1
+                    if after < n:
+                        assert history[after][1] == pytest.approx(float(get_path(entry["config"], key))), \
+                            (tid, key, after)
+                histories[(key, tid)] = history
+    # The pictures draw the record: every mutated hyperparameter a panel with
+    # each member's hp/ rows, and one arrow per exploit of lineage.json.
+    assert set(series) == set(mutated)
+    for key, per_member in series.items():
+        assert set(per_member) == set(rows)
+        for tid, (steps, values) in per_member.items():
+            assert steps == [s for s, _ in histories[(key, tid)]]
+            assert values == pytest.approx([v for _, v in histories[(key, tid)]])
+    assert sorted(map(tuple, arrows)) == sorted(
+        (e["donor"], tid, e["member_step"]) for tid, entry in lineage.items() for e in entry["exploits"])
+    assert sorted((d, c) for d, c, _ in arrows) == sorted(
+        (by_index[e["donor"]], by_index[e["target"]]) for e in ray_log)
+    return {"exploits": len(ray_log), "members": len(rows)}

@@ -11,7 +11,7 @@ from pbtflow import names
 from pbtflow.cli import main
 from pbtflow.experiment import ExperimentError
 from pbtflow.lineage import count_global_log
-from mlflow_checks import assert_nested_runs, runs_by_role
+from mlflow_checks import assert_nested_runs, assert_record_is_true, runs_by_role
 from conftest import run_entry
 
 METRIC = names.RETURN_MEAN
@@ -36,6 +36,15 @@ def test_smoke_run_nests_every_trial_under_one_parent(smoke_run):
     assert parent.data.params["population"] == "2"
     for child in children:  # the initial hyperparameters, logged once as params
         assert {"lr", "lambda", "clip_param", "num_epochs"} <= set(child.data.params)
+
+
+def test_the_record_agrees_with_rays_pbt_log(smoke_run):
+    results, client, _ = smoke_run
+    parent = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
+    assert assert_record_is_true(client, parent.info.run_id, results)["exploits"] >= 1
+    hp = {k[len(names.HP_PREFIX):] for c in runs_by_role(client, "smoke")[1] for k in c.data.metrics
+          if k.startswith(names.HP_PREFIX)}
+    assert "train_batch_size_per_learner" in hp and "kl_coeff" not in hp  # mutated only
 
 
 def test_exploits_match_rays_own_log_and_change_the_schedule(smoke_run):
@@ -136,10 +145,3 @@ def test_replay_retrains_on_the_best_schedule(smoke_run):
         assert history
         for m in history:  # step k is training iteration k + 1
             assert m.value == pytest.approx(config_at(schedule, m.step + 1)[key]), (key, m.step)
-
-
-def test_schedule_and_lineage_pictures_are_logged(smoke_run):
-    _, client, _ = smoke_run
-    parent = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
-    pictures = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/hp_schedule.png", "plots/lineage.png"} <= pictures

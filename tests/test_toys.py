@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 import pbtflow
 from pbtflow import names
 from pbtflow.trainables import lr_schedule, quadratic
-from mlflow_checks import runs_by_role
+from mlflow_checks import assert_record_is_true, runs_by_role
 
 Q_REACHED = 1.19  # the claim's threshold (the optimum is 1.2)
 
@@ -44,8 +44,12 @@ def test_quadratic_pbt_reaches_the_optimum_and_the_grid_does_not(ray_runtime, wo
     parents = _parents(workdir, "quadratic")
     assert set(parents) == {"pbt", "grid"}
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    own = {"quadratic_paths.png", "quadratic_q.png", "quadratic_paths.gif", "hp_schedule.png"}
-    for kind, results, pictures in (("pbt", pbt, own | {"lineage.png"}), ("grid", grid, own)):
+    assert assert_record_is_true(client, parents["pbt"].info.run_id, pbt)["exploits"] >= 10
+    assert assert_record_is_true(client, parents["grid"].info.run_id, grid)["exploits"] == 0
+    own = {"quadratic_paths.png", "quadratic_q.png", "quadratic_paths.gif", "hp_schedule.png",
+           "hp_schedule.json"}
+    for kind, results, pictures in (("pbt", pbt, own | {"lineage.png", "lineage_arrows.json"}),
+                                    ("grid", grid, own)):
         logged = {Path(f.path).name for f in client.list_artifacts(parents[kind].info.run_id, "plots")}
         assert logged == pictures, logged
         assert {p.name for p in (Path(results.experiment_path) / "plots").iterdir()} == pictures
@@ -73,7 +77,10 @@ def test_lr_schedule_pbt_reaches_done_and_a_fixed_lr_does_not(ray_runtime, workd
     best = max(a.max() for a in _column(grid, names.MEAN_ACCURACY))
     assert best < lr_schedule.TARGET * 0.75, best  # noise alone: far from done
 
-    assert set(_parents(workdir, "lr")) == {"pbt", "grid"}
+    parents = _parents(workdir, "lr")
+    assert set(parents) == {"pbt", "grid"}
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert assert_record_is_true(client, parents["pbt"].info.run_id, pbt)["exploits"] >= 8
 
 
 def test_random_baseline_samples_starting_values_from_the_mutation_domains():

@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--download", metavar="DIR",
                         help="also download the best trial's last checkpoint into DIR")
 
+    check = commands.add_parser("check", help="reconcile a run's MLflow record with Ray's PBT log",
+                                description="Compare what pbtflow logged to MLflow (exploits, donors, "
+                                "hp/* at every step) with Ray's own pbt_global.txt and "
+                                "pbt_policy_*.txt; tag the parent run with the outcome. Exit 0 when "
+                                "the record is complete, 1 when it differs.")
+    check.add_argument("--run-id", required=True, help="the parent run's id")
+    check.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for tune)")
+    check.add_argument("--experiment-path", help="Ray's experiment folder (default: the folder the "
+                       "run recorded in its pbtflow.storage tag)")
+
     sync = commands.add_parser("sync", help="upload metrics a run could not deliver to MLflow")
     sync.add_argument("file", help="the undelivered-metrics file the run named")
 
@@ -196,6 +206,19 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_check(args: argparse.Namespace) -> int:
+    from pbtflow.record_check import check
+
+    differences = check(args.tracking_uri, args.run_id, args.experiment_path)
+    if not differences:
+        print(f"pbtflow: record check of {args.run_id}: complete")
+        return 0
+    print(f"pbtflow: record check of {args.run_id}: {len(differences)} differences from Ray's PBT log")
+    for difference in differences:
+        print(f"  {difference}")
+    return 1
+
+
 def _run_tune(args: argparse.Namespace) -> int:
     from pbtflow.tuning import tune
 
@@ -217,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_report(args)
         if args.command == "replay":
             return _run_replay(args)
+        if args.command == "check":
+            return _run_check(args)
         if args.command == "sync":
             from pbtflow.tracking import sync
 

@@ -15,7 +15,8 @@ def build_lineage(events: Iterable[Mapping[str, Any]],
     lineage = {tid: {"initial": dict(cfg), "exploits": []} for tid, cfg in initial.items()}
     for e in events:
         entry = lineage.setdefault(e["trial_id"], {"initial": dict(e.get("old", {})), "exploits": []})
-        entry["exploits"].append({"step": e.get("step"), "time": e.get("time"), "donor": e["donor_id"],
+        entry["exploits"].append({"step": e.get("step"), "member_step": e.get("member_step"),
+                                  "time": e.get("time"), "donor": e["donor_id"],
                                   "donor_step": e.get("donor_step"), "config": dict(e["new"])})
     return lineage
 
@@ -49,15 +50,49 @@ def config_at(schedule: Mapping[str, Any], step: int) -> dict[str, Any]:
     return config
 
 
+def read_ray_log(experiment_path: str | Path) -> list[dict[str, Any]]:
+    """Ray's own record of the exploits, ``pbt_global.txt``, in order: one
+    entry per exploit with the target's and the donor's trial index (Ray's
+    experiment tags start with it), their training iterations as Ray logged
+    them, and the new config."""
+    return _read_policy_lines(Path(experiment_path) / "pbt_global.txt")
+
+
+def read_ray_policy(experiment_path: str | Path, trial_id: str) -> list[dict[str, Any]] | None:
+    """Ray's ``pbt_policy_<trial_id>.txt``: the chain of exploits behind the
+    trial's current state (its donors' history, then its own exploit); None
+    when Ray wrote none (the trial never exploited)."""
+    path = Path(experiment_path) / f"pbt_policy_{trial_id}.txt"
+    return _read_policy_lines(path) if path.exists() else None
+
+
+def _read_policy_lines(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    if not path.exists():
+        return entries
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        target, donor, target_iteration, donor_iteration, _donor_config, new_config = json.loads(line)
+        entries.append({"target": tag_index(target), "donor": tag_index(donor),
+                        "target_iteration": target_iteration, "donor_iteration": donor_iteration,
+                        "config": new_config})
+    return entries
+
+
+def tag_index(tag: Any) -> int:
+    """The trial index an experiment tag starts with ("3_lr=0.01" -> 3)."""
+    return int(str(tag).split("_", 1)[0].split("@", 1)[0])
+
+
+def trial_index(trial_id: str) -> int:
+    """The trial index a Tune trial id ends with ("a1b2c_00003" -> 3)."""
+    return int(str(trial_id).rsplit("_", 1)[-1])
+
+
 def count_global_log(experiment_path: str | Path) -> dict[int, int]:
     """Exploits per trial index from Ray's own ``pbt_global.txt``."""
     counts: dict[int, int] = {}
-    path = Path(experiment_path) / "pbt_global.txt"
-    if not path.exists():
-        return counts
-    for line in path.read_text().splitlines():
-        if line.strip():
-            tag = json.loads(line)[0]  # "<index>_<experiment tag>"
-            index = int(str(tag).split("_", 1)[0])
-            counts[index] = counts.get(index, 0) + 1
+    for entry in read_ray_log(experiment_path):
+        counts[entry["target"]] = counts.get(entry["target"], 0) + 1
     return counts

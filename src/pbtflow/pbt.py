@@ -73,10 +73,11 @@ def check_mutations(mutations: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def flatten_keys(mutations: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of the mutated hyperparameters (nested dicts joined with '.')."""
+    """Dotted names of the mutated hyperparameters (nested dicts joined with '.');
+    a YAML domain such as ``{uniform: [0.9, 1.0]}`` is one hyperparameter."""
     keys = []
     for key, value in mutations.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and not is_domain(value):
             keys += flatten_keys(value, f"{prefix}{key}.")
         else:
             keys.append(f"{prefix}{key}")
@@ -142,30 +143,42 @@ def make_explore(mutations: Mapping[str, Any],
 
 class RecordingPBT(PopulationBasedTraining):
     """Ray's PBT that also keeps every exploit as an event, so that the
-    tracking code can log the schedule and the lineage PBT discovered."""
+    tracking code can log the schedule and the lineage PBT discovered.
+
+    A result without the metric (an RL return before the first episode ends)
+    continues silently: pbtflow's stopper decides whether the metric is only
+    pending or never reported, and says so in one sentence."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.events: list[dict[str, Any]] = []
-        self._mutated_keys = flatten_keys(self._hyperparam_mutations)
+        super().__init__(*args, require_attrs=False, **kwargs)
+        self.events: list[dict[str, Any]] = []  # exploits
+        self.changes = self.events  # every config change of a member is an exploit
+        self.mutated_keys = flatten_keys(self._hyperparam_mutations)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._metric not in result or self._time_attr not in result:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
     def _exploit(self, tune_controller, trial, trial_to_clone):
         state = self._trial_state[trial]
         donor_state = self._trial_state[trial_to_clone]
-        before = {k: get_path(trial.config, k) for k in self._mutated_keys}
+        before = {k: get_path(trial.config, k) for k in self.mutated_keys}
+        step = (state.last_result or {}).get("training_iteration")  # the result that decided
+        at = state.last_train_time
         super()._exploit(tune_controller, trial, trial_to_clone)
         self.events.append({
             "trial_id": trial.trial_id,
             "donor_id": trial_to_clone.trial_id,
-            "time": state.last_train_time,  # the time_attr value at the exploit
-            "donor_time": donor_state.last_train_time,
-            # training iterations: the member continues from the donor's checkpoint
-            "step": (trial.last_result or {}).get("training_iteration"),
-            "donor_step": (trial_to_clone.last_result or {}).get("training_iteration"),
+            "time": at,  # the time_attr value at the exploit
+            # training iterations: the member's at the exploit, and the donor
+            # checkpoint's, which the member continues from
+            "step": step,
+            "donor_step": (donor_state.last_result or {}).get("training_iteration"),
             "score": state.last_score,
             "donor_score": donor_state.last_score,
             "old": before,
-            "new": {k: get_path(trial.config, k) for k in self._mutated_keys},
+            "new": {k: get_path(trial.config, k) for k in self.mutated_keys},
             "wall_time": time.time(),
         })
 
@@ -178,7 +191,16 @@ class ScheduleReplay(PopulationBasedTrainingReplay):
     def __init__(self, schedule_file: str | Path, base_config: Mapping[str, Any]) -> None:
         self._base = copy.deepcopy(dict(base_config))
         self.events: list[dict[str, Any]] = []  # a replay never exploits
+        self.changes: list[dict[str, Any]] = []  # the schedule's switches, as they happen
         super().__init__(str(schedule_file))
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        before = trial.config
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if trial.config is not before:  # the schedule switched: the next results use it
+            self.changes.append({"trial_id": trial.trial_id, "step": result.get("training_iteration"),
+                                 "new": trial.config})
+        return decision
 
     def _full(self, hyperparameters: Mapping[str, Any]) -> dict:
         config = copy.deepcopy(self._base)

@@ -1,17 +1,22 @@
-"""Pictures of the reference experiments (matplotlib, files only).
+"""Pictures of an experiment (matplotlib, files only).
 
+- every experiment: each member's schedule, one panel per mutated
+  hyperparameter (``hp_schedule.png``), and who copied whom when
+  (``lineage.png``), drawn from the record itself (the ``hp/*`` rows and
+  ``lineage.json``); the data each draws is saved beside it as JSON;
 - quadratic: each member's (theta0, theta1) path over the contours of the true
   objective Q, with PBT's exploits (the jumps to the donor's theta) labelled
   with their step; Q over time per member; an animated GIF of the paths.
 - lr-schedule: each member's learning rate against its accuracy, over the
   triangle-shaped optimal schedule; accuracy over time per member.
 
-The data are Tune's per-trial results (``Result.metrics_dataframe``) and the
-exploit events that :class:`pbtflow.pbt.RecordingPBT` records.
+The toy pictures' data are Tune's per-trial results (``Result.metrics_dataframe``)
+and the exploits of ``lineage.json``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,7 +36,9 @@ QUADRATIC_Q = "quadratic_q.png"
 QUADRATIC_GIF = "quadratic_paths.gif"
 LR_SCHEDULE = "lr_schedule.png"
 HP_SCHEDULE = "hp_schedule.png"
+HP_SCHEDULE_DATA = "hp_schedule.json"  # key -> trial id -> [steps, values]
 LINEAGE = "lineage.png"
+LINEAGE_DATA = "lineage_arrows.json"  # [donor, copier, copier's step] per exploit
 COLORS = ["black", "tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple",
           "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
@@ -52,9 +59,10 @@ class Member:
         return len(self.rows.get(names.TRAINING_ITERATION, []))
 
 
-def members_from(results: Iterable[Any], events: Sequence[Mapping[str, Any]] = ()) -> list[Member]:
-    """Members from a Tune ResultGrid (or any iterable of Results), ordered by
-    trial id and named "member 0", "member 1", ..."""
+def members_from(results: Iterable[Any], lineage_record: Mapping[str, Any] | None = None) -> list[Member]:
+    """Members from a Tune ResultGrid (or any iterable of Results), ordered and
+    labelled by trial id, with their exploits from the lineage record (the
+    member's step it exploited after, and the donor)."""
     members = []
     for result in results:
         frame = result.metrics_dataframe
@@ -63,26 +71,13 @@ def members_from(results: Iterable[Any], events: Sequence[Mapping[str, Any]] = (
         trial_id = str((result.metrics or {}).get("trial_id") or frame["trial_id"].iloc[0])
         rows = {c: frame[c].to_numpy(dtype=float) for c in frame.columns
                 if is_numeric_dtype(frame[c]) or is_bool_dtype(frame[c])}
-        members.append(Member(trial_id, "", rows))
+        members.append(Member(trial_id, trial_id, rows))
     members.sort(key=lambda m: m.trial_id)
-    for index, member in enumerate(members):
-        member.label = f"member {index}"
-        member.exploits = _exploit_rows(member, [e for e in events if e["trial_id"] == member.trial_id])
+    for member in members:
+        member.exploits = [(e["member_step"], str(e["donor"])) for e in
+                           (lineage_record or {}).get(member.trial_id, {}).get("exploits", [])
+                           if e.get("member_step") is not None]
     return members
-
-
-def _exploit_rows(member: Member, events: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
-    """Match each exploit to the last row the member reported before it (the
-    row whose training_iteration is the event's step, scanning forwards)."""
-    iterations = member.column(names.TRAINING_ITERATION)
-    found, start = [], 0
-    for event in events:
-        step = event.get("step", event.get("time"))
-        hits = [i for i in range(start, len(iterations)) if iterations[i] == step]
-        if hits:
-            found.append((hits[0], str(event["donor_id"])))
-            start = hits[0] + 1
-    return found
 
 
 # -- quadratic --------------------------------------------------------------------------
@@ -276,6 +271,12 @@ def plot_lr_schedule(members: Sequence[Member], folder: Path, title: str = "") -
     return [_save(fig, folder / LR_SCHEDULE)]
 
 
+def _save_data(data: Any, path: Path) -> Path:
+    """What a picture draws, beside it, so that it can be checked and reused."""
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -289,33 +290,50 @@ def _with_start_h(member: Member) -> Member:
     return replace(member, label=f"{member.label}: h = ({h0:g}, {h1:g}) at start")
 
 
-def plot_schedules(members: Sequence[Member], schedules: Mapping[str, Mapping[str, Sequence[float]]],
-                   folder: Path, title: str = "") -> list[Path]:
-    """Each member's hyperparameters over its reported results (``schedules``:
-    trial id -> hyperparameter -> value per step), one panel per
-    hyperparameter, exploits marked: the schedule PBT found."""
-    def values_of(member: Member, key: str) -> np.ndarray:
-        return np.asarray(schedules.get(member.trial_id, {}).get(key, []), dtype=float)
+def schedule_series(schedules: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
+                    mutated: Sequence[str]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """What ``hp_schedule.png`` draws: for every mutated hyperparameter with
+    numeric values, each member's (steps, values), the same rows as its
+    ``hp/<name>`` metric (``schedules``: trial id -> name -> [(step, value)])."""
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for key in mutated:
+        per_member = {tid: ([int(s) for s, _ in rows], [float(v) for _, v in rows])
+                      for tid in sorted(schedules) if (rows := schedules[tid].get(key))}
+        if per_member:
+            series[key] = per_member
+    return series
 
-    keys = sorted({k for m in members for k in schedules.get(m.trial_id, {})
-                   # constant for everyone: not part of the schedule
-                   if len({v for mm in members for v in values_of(mm, k)}) > 1})
-    if not keys:
+
+def lineage_arrows(lineage_record: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    """What ``lineage.png`` draws: one (donor, copier, copier's step) per
+    exploit in ``lineage.json``, the step being the copier's last step before
+    it trained on the donor's checkpoint."""
+    return sorted((str(e["donor"]), tid, int(e["member_step"]))
+                  for tid, entry in lineage_record.items() for e in entry.get("exploits", [])
+                  if e.get("member_step") is not None)
+
+
+def plot_schedules(series: Mapping[str, Mapping[str, tuple[list[int], list[float]]]],
+                   arrows: Sequence[tuple[str, str, int]], folder: Path, title: str = "") -> list[Path]:
+    """Each member's hyperparameters over its steps, one panel per mutated
+    hyperparameter, exploits circled (the member trains on the new value from
+    the next step): the schedule PBT found."""
+    if not series:
         return []
+    members = sorted({tid for per_member in series.values() for tid in per_member})
+    color = {tid: COLORS[i % len(COLORS)] for i, tid in enumerate(members)}
     folder.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 1.9 * len(keys) + 0.8), sharex=True,
+    fig, axes = plt.subplots(len(series), 1, figsize=(9, 1.9 * len(series) + 0.9), sharex=True,
                              squeeze=False)
-    for ax, key in zip(axes[:, 0], keys):
-        for index, member in enumerate(members):
-            values = values_of(member, key)
-            steps = np.arange(len(values))
-            color = COLORS[index % len(COLORS)]
-            ax.step(steps, values, where="post", color=color, lw=1.4, label=member.label)
-            for row, _donor in member.exploits:
-                if row < len(values):
-                    ax.plot(row, values[row], "o", color=color, ms=5, mfc="white")
+    for ax, (key, per_member) in zip(axes[:, 0], series.items()):
+        for tid, (steps, values) in per_member.items():
+            ax.step(steps, values, where="post", color=color[tid], lw=1.4, label=tid)
+            at = dict(zip(steps, values))
+            for _donor, copier, step in arrows:
+                if copier == tid and step in at:
+                    ax.plot(step, at[step], "o", color=color[tid], ms=5, mfc="white")
         ax.set_ylabel(key)
-        every = np.concatenate([values_of(m, key) for m in members])
+        every = np.array([v for _, values in per_member.values() for v in values], dtype=float)
         every = every[np.isfinite(every)]
         if every.size and every.min() > 0 and every.max() / every.min() > 50:
             ax.set_yscale("log")  # e.g. learning rates spanning decades
@@ -324,49 +342,55 @@ def plot_schedules(members: Sequence[Member], schedules: Mapping[str, Mapping[st
     axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.suptitle(f"{title}: hyperparameter schedules" if title else "hyperparameter schedules")
     fig.tight_layout()
-    return [_save(fig, folder / HP_SCHEDULE)]
+    return [_save(fig, folder / HP_SCHEDULE), _save_data(series, folder / HP_SCHEDULE_DATA)]
 
 
-def plot_lineage(members: Sequence[Member], events: Sequence[Mapping[str, Any]], folder: Path,
+def plot_lineage(arrows: Sequence[tuple[str, str, int]], steps: Mapping[str, int], folder: Path,
                  title: str = "") -> list[Path]:
-    """Which member copied which, and when: one row per member, an arrow from
-    the donor's row to the copier's at each exploit."""
+    """Which member copied which, and when: one row per member (trial id), an
+    arrow from the donor's row to the copier's at the copier's step."""
+    members = sorted(set(steps) | {a for a, _, _ in arrows} | {b for _, b, _ in arrows})
     if not members:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    row_of = {m.trial_id: i for i, m in enumerate(members)}
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(members) + 1.6))
-    for index, member in enumerate(members):
-        ax.plot([0, len(member)], [index, index], color=COLORS[index % len(COLORS)], lw=3, alpha=0.5)
-        for row, donor in member.exploits:
-            if donor in row_of:
-                ax.annotate("", xy=(row, index), xytext=(row, row_of[donor]),
-                            arrowprops={"arrowstyle": "->", "color": COLORS[row_of[donor] % len(COLORS)],
-                                        "lw": 1.2})
-    ax.set_yticks(range(len(members)), [m.label for m in members])
-    ax.set_xlabel("member's step (results reported)")
-    ax.set_title(f"{title + ': ' if title else ''}lineage, {len(events)} exploits "
+    row_of = {tid: i for i, tid in enumerate(members)}
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(members) + 1.6))
+    for tid, index in row_of.items():
+        ax.plot([0, max(0, steps.get(tid, 1) - 1)], [index, index],
+                color=COLORS[index % len(COLORS)], lw=3, alpha=0.5)
+    for donor, copier, step in arrows:
+        ax.annotate("", xy=(step, row_of[copier]), xytext=(step, row_of[donor]),
+                    arrowprops={"arrowstyle": "->", "color": COLORS[row_of[donor] % len(COLORS)],
+                                "lw": 1.2})
+    ax.set_yticks(range(len(members)), members)
+    ax.set_ylim(-0.5, len(members) - 0.5)
+    ax.set_xlabel("copier's step (results reported)")
+    ax.set_title(f"{title + ': ' if title else ''}lineage, {len(arrows)} exploits "
                  "(arrow: donor -> copier)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return [_save(fig, folder / LINEAGE)]
+    return [_save(fig, folder / LINEAGE), _save_data(arrows, folder / LINEAGE_DATA)]
 
 
-def write(trainable: str, results: Iterable[Any], events: Sequence[Mapping[str, Any]],
-          folder: str | Path, title: str = "",
-          schedules: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> list[Path]:
+def write(trainable: str, results: Iterable[Any], lineage_record: Mapping[str, Any],
+          schedules: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
+          mutated: Sequence[str], folder: str | Path, title: str = "") -> list[Path]:
     """The pictures of a finished experiment, written into ``folder``: every
     experiment's schedules, its lineage when PBT exploited at all, plus the toy
-    problems' own pictures."""
+    problems' own pictures. The schedules and lineage are drawn from the
+    record (``hp/*`` rows and ``lineage.json``), nothing else."""
     folder = Path(folder)
-    results = list(results)
     paths: list[Path] = []
-    members = members_from(results, events)
-    if trainable == "quadratic":
-        paths += plot_quadratic([_with_start_h(m) for m in members], folder, title)
-    elif trainable == "lr-schedule":
-        paths += plot_lr_schedule(members, folder, title)
-    paths += plot_schedules(members, schedules or {}, folder, title)
-    if events:  # a baseline (or a PBT run that never exploited) has no lineage to draw
-        paths += plot_lineage(members, events, folder, title)
+    if trainable in ("quadratic", "lr-schedule"):
+        members = members_from(results, lineage_record)
+        if trainable == "quadratic":
+            paths += plot_quadratic([_with_start_h(m) for m in members], folder, title)
+        else:
+            paths += plot_lr_schedule(members, folder, title)
+    arrows = lineage_arrows(lineage_record)
+    paths += plot_schedules(schedule_series(schedules, mutated), arrows, folder, title)
+    if arrows:  # a baseline (or a PBT run that never exploited) has no lineage to draw
+        steps = {tid: max((len(rows) for rows in history.values()), default=0)
+                 for tid, history in schedules.items()}
+        paths += plot_lineage(arrows, steps, folder, title)
     return paths

@@ -34,6 +34,7 @@ from pbtflow.pbt import get_path
 log = logging.getLogger(__name__)
 
 SPILL_FILE = "mlflow_undelivered.json"  # beside Tune's state, for `pbtflow sync`
+MUTATED_PARAM = "mutated_hyperparameters"  # parent param: the keys PBT can change, comma-separated
 BATCH_LIMIT = 250  # metric rows per log_batch call (Azure ML's MLflow cap)
 # Result fields that are bookkeeping, not measurements.
 _NOT_METRICS = {"timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
@@ -78,13 +79,14 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                           f"({reason}); start it, or pass a reachable --tracking-uri.")
 
 
-def _numeric(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
+    """A finite float from a result value (numpy scalars included), else None."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     if hasattr(value, "item") and getattr(value, "size", 2) == 1:  # numpy scalars
-        return _numeric(value.item())
+        return as_number(value.item())
     return None
 
 
@@ -220,17 +222,21 @@ class TrialTracker(Callback):
     """One MLflow child run per trial, nested under the parent run.
 
     The child's MLflow step is the member's own clock (results reported so far),
-    which never goes back even when PBT makes ``training_iteration`` jump; the
-    hyperparameters a member trains with are logged as ``hp/<name>`` metrics at
-    every step, so PBT's schedule survives exploits."""
+    which never goes back even when PBT makes ``training_iteration`` jump. Every
+    hyperparameter PBT can change is logged as ``hp/<name>`` at every step: the
+    value the member trained that result with, which the tracker follows itself
+    (the starting config, then each exploit's new config from the next result
+    on), so that PBT's schedule survives exploits. The starting values of the
+    mutated and the constant hyperparameters are the child's params."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str,
-                 hyperparameters: list[str], logged_metrics: tuple[str, ...] | None,
+                 mutated: list[str], constants: list[str], logged_metrics: tuple[str, ...] | None,
                  scheduler: Any = None, time_attr: str = names.TRAINING_ITERATION) -> None:
         self._client = client
         self._experiment_id = experiment_id
         self._parent_run_id = parent_run_id
-        self._hyperparameters = hyperparameters
+        self.mutated = [k for k in mutated if not is_secret(k)]
+        self._constants = [k for k in constants if k not in mutated and not is_secret(k)]
         self._logged_metrics = logged_metrics
         self._scheduler = scheduler
         self._time_attr = time_attr
@@ -240,10 +246,14 @@ class TrialTracker(Callback):
         self._last_iteration: dict[str, int] = {}  # per trial, the last logged
         self._restored: set[str] = set()  # trials re-running iterations already logged
         self._exploits: dict[str, int] = {}
-        self._events_seen = 0
+        self._changes_seen = 0  # of the scheduler's config changes
+        self.events: list[dict[str, Any]] = []  # every exploit, with the member's step
+        self._events_logged: dict[str, int] = {}  # trial id -> exploits in its pbt_events.json
+        self._current: dict[str, dict[str, Any]] = {}  # trial id -> mutated values in force
+        self._last_logged: dict[str, dict[str, Any]] = {}  # trial id -> those of its last result
         self.ended: set[str] = set()  # trials whose child run has ended
-        self.initial: dict[str, dict[str, Any]] = {}  # trial id -> initial hyperparameters
-        self.hp_history: dict[str, dict[str, list[float]]] = {}  # trial id -> hp -> per step
+        self.initial: dict[str, dict[str, Any]] = {}  # trial id -> starting hyperparameters
+        self.hp_history: dict[str, dict[str, list[tuple[int, float]]]] = {}  # trial -> hp -> (step, value)
         self._mismatch_warned: set[tuple[str, str]] = set()
 
     # -- Ray Tune callback hooks ------------------------------------------------------
@@ -274,8 +284,24 @@ class TrialTracker(Callback):
         self._restored.add(trial.trial_id)  # Tune retries it from its latest checkpoint
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        try:
+            self._log_result(trial, result)
+        finally:
+            # Exploits decided on this result take effect from the next one.
+            self._collect_changes()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        self._writer.flush()
+
+    # -- helpers ----------------------------------------------------------------------
+    def _log_result(self, trial, result: Mapping[str, Any]) -> None:
         run_id = self._child(trial) or _unborn(trial.trial_id)
-        self._collect_events()
         it = int(result.get(names.TRAINING_ITERATION, 0))
         if trial.trial_id in self._restored:
             # After a failure or a resume the trial repeats the iterations
@@ -289,36 +315,25 @@ class TrialTracker(Callback):
         self._steps[trial.trial_id] = step + 1
         when = int(time.time() * 1000)
         rows = [Metric(k, v, when, step) for k, v in self._measurements(result).items()]
-        # The config this result was produced with: by the time callbacks run,
-        # PBT may already have given the trial its next config.
-        config = result.get("config") or trial.config
-        hp = self._hp_values(config)
+        self._last_logged[trial.trial_id] = dict(self._current[trial.trial_id])
+        hp = self._hp_values(self._current[trial.trial_id])
         rows += [Metric(names.HP_PREFIX + k, v, when, step) for k, v in hp.items()]
         history = self.hp_history.setdefault(trial.trial_id, {})
-        for key, value in hp.items():  # for the schedule picture
-            history.setdefault(key, []).append(value)
+        for key, value in hp.items():  # the data of the schedule picture
+            history.setdefault(key, []).append((step, value))
         rows.append(Metric(names.EXPLOITS, float(self._exploits.get(trial.trial_id, 0)), when, step))
         rows += [Metric(names.EFFECTIVE_PREFIX + k, v, when, step)
                  for k, v in self._check_effective(trial, result).items()]
         self._writer.add(run_id, rows)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED")
-
-    def on_experiment_end(self, trials, **info):
-        self._writer.flush()
-
-    # -- helpers ----------------------------------------------------------------------
     def _child(self, trial) -> str | None:
         """The trial's child run id, created on first use; None while MLflow is
         away (its rows wait under a placeholder until the run exists)."""
+        if trial.trial_id not in self._current:  # the config it starts with
+            self._current[trial.trial_id] = {k: get_path(trial.config, k) for k in self.mutated}
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
-            initial = {k: get_path(trial.config, k) for k in self._hyperparameters
-                       if not is_secret(k)}
+            initial = {k: get_path(trial.config, k) for k in self.mutated + self._constants}
             self.initial.setdefault(trial.trial_id, initial)
             try:
                 run = self._client.create_run(
@@ -344,27 +359,27 @@ class TrialTracker(Callback):
         keys = list(keys) + [names.TRAINING_ITERATION, self._time_attr]
         out = {}
         for key in keys:
-            value = _numeric(flat.get(key))
+            value = as_number(flat.get(key))
             if value is not None:
                 out[key] = value
         return out
 
     def _hp_values(self, config: Mapping[str, Any]) -> dict[str, float]:
         out = {}
-        for key in self._hyperparameters:
-            value = _numeric(get_path(config, key))
-            if value is not None and not is_secret(key):
+        for key in self.mutated:
+            value = as_number(config.get(key))
+            if value is not None:
                 out[key] = value
         return out
 
     def _check_effective(self, trial, result: Mapping[str, Any]) -> dict[str, float]:
         """The values the trainable reports it really uses (``result["effective"]``),
         with a loud warning when one differs from the hyperparameter PBT set."""
-        effective = {k: _numeric(v) for k, v in (result.get("effective") or {}).items()}
+        effective = {k: as_number(v) for k, v in (result.get("effective") or {}).items()}
         effective = {k: v for k, v in effective.items() if v is not None}
-        config = result.get("config") or trial.config
+        config = self._current[trial.trial_id]
         for key, used in effective.items():
-            wanted = _numeric(get_path(config, key))
+            wanted = as_number(config.get(key))
             if wanted is not None and not math.isclose(used, wanted, rel_tol=1e-6, abs_tol=1e-12) \
                     and (trial.trial_id, key) not in self._mismatch_warned:
                 self._mismatch_warned.add((trial.trial_id, key))
@@ -373,19 +388,40 @@ class TrialTracker(Callback):
                             key, wanted)
         return effective
 
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        """Every exploit the scheduler recorded so far."""
-        return list(getattr(self._scheduler, "events", []))
+    def last_config(self, trial_id: str) -> dict[str, Any]:
+        """The hyperparameters of the trial's last logged result: the mutated
+        values it trained with then, and its constants."""
+        return {**self.initial.get(trial_id, {}), **self._last_logged.get(trial_id, {})}
 
     def events_of(self, trial_id: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["trial_id"] == trial_id]
 
-    def _collect_events(self) -> None:
-        events = getattr(self._scheduler, "events", [])
-        for event in events[self._events_seen:]:
-            self._exploits[event["trial_id"]] = self._exploits.get(event["trial_id"], 0) + 1
-        self._events_seen = len(events)
+    def _collect_changes(self) -> None:
+        """Take the scheduler's new config changes: each sets the values a
+        member trains with from its next result; an exploit (it has a donor) is
+        also counted and kept with the member's step it followed."""
+        changes = getattr(self._scheduler, "changes", [])
+        for change in changes[self._changes_seen:]:
+            trial_id = change["trial_id"]
+            self._current[trial_id] = {k: get_path(change["new"], k) for k in self.mutated}
+            if "donor_id" in change:
+                self._exploits[trial_id] = self._exploits.get(trial_id, 0) + 1
+                self.events.append({**change, "member_step": self._steps.get(trial_id, 0) - 1})
+        self._changes_seen = len(changes)
+
+    def log_events(self) -> None:
+        """Write ``pbt_events.json`` to every child run whose exploits are not
+        all in it yet, however the experiment ended."""
+        for trial_id, run_id in self.run_ids.items():
+            events = self.events_of(trial_id)
+            if self._events_logged.get(trial_id) == len(events):
+                continue
+            try:
+                self._client.log_dict(run_id, scrub(events), "pbt_events.json")
+                self._events_logged[trial_id] = len(events)
+            except Exception as exc:  # MLflow away: the lineage on the parent still has them
+                log.warning("pbtflow: could not log the exploits of trial %s to MLflow (%s).",
+                            trial_id, exc)
 
     def end_remaining(self, statuses: Mapping[str, str]) -> list[str]:
         """End the child runs Tune closed without a callback: trials it
@@ -428,20 +464,24 @@ class TrialTracker(Callback):
         run_id = self._child(trial)
         if run_id is None:
             return
-        try:
-            self._client.log_dict(run_id, scrub(self.events_of(trial.trial_id)), "pbt_events.json")
-            if status == "FAILED" and getattr(trial, "error_file", None):
+        self._collect_changes()
+        self.log_events()
+        if status == "FAILED" and getattr(trial, "error_file", None):
+            try:
                 message = Path(trial.error_file).read_text().strip().splitlines()[-1]
                 self._client.set_tag(run_id, names.ERROR, message[:5000])
-        except Exception as exc:  # MLflow away: the status and metrics still follow
-            log.warning("pbtflow: could not log the end of trial %s to MLflow (%s).",
-                        trial.trial_id, exc)
+            except Exception as exc:  # MLflow away: the status and metrics still follow
+                log.warning("pbtflow: could not log the error of trial %s to MLflow (%s).",
+                            trial.trial_id, exc)
         self._writer.terminate(run_id, status)  # sent after its last rows, by the writer thread
 
     def close(self, spill_to: Path | None = None) -> Path | None:
-        """Deliver what is left; if MLflow is away, spill it to ``spill_to``."""
+        """Deliver what is left (metric rows, exploits); if MLflow is away,
+        spill the rows to ``spill_to``."""
         if self._writer is None:
             return None
+        self._collect_changes()
+        self.log_events()
         spilled = self._writer.close(spill_to)
         if spilled:
             log.warning("pbtflow: MLflow at %s did not answer; the undelivered metrics are kept "
@@ -453,8 +493,10 @@ class TrialTracker(Callback):
     # the same child runs and steps.
     def get_state(self) -> dict | None:
         return {"run_ids": self.run_ids, "steps": self._steps, "exploits": self._exploits,
-                "last_iteration": self._last_iteration,
-                "ended": sorted(self.ended), "initial": self.initial}
+                "last_iteration": self._last_iteration, "events": self.events,
+                "current": self._current, "events_logged": self._events_logged,
+                "last_logged": self._last_logged,
+                "ended": sorted(self.ended), "initial": self.initial, "hp_history": self.hp_history}
 
     def set_state(self, state: dict) -> None:
         self.run_ids.update(state.get("run_ids", {}))
@@ -464,6 +506,13 @@ class TrialTracker(Callback):
         self._steps.update(state.get("steps", {}))
         self._last_iteration.update(state.get("last_iteration", {}))
         self._exploits.update(state.get("exploits", {}))
+        self.events[:] = state.get("events", [])
+        self._current.update(state.get("current", {}))
+        self._last_logged.update(state.get("last_logged", {}))
+        self._events_logged.update(state.get("events_logged", {}))
+        self.hp_history.update(state.get("hp_history", {}))
+        # The scheduler starts afresh on resume: what it holds now is not new.
+        self._changes_seen = len(getattr(self._scheduler, "changes", []))
 
 
 class TuningInterrupted(Exception):
@@ -494,8 +543,7 @@ class ParentRun:
                         "with: pbtflow sync %s", exc, self.spill_path)
 
     def log_experiment(self, experiment: Experiment, extra_params: Mapping[str, Any]) -> None:
-        settings = {k: v for k, v in experiment.to_dict().items()
-                    if k not in ("initial", "mutations") and v is not None}
+        settings = experiment.applicable_settings()
         settings.update(extra_params)
         self.client.log_batch(self.run_id, params=_params(settings),
                               tags=[RunTag(names.ROLE, "parent")])
@@ -509,7 +557,7 @@ class ParentRun:
                  config: Mapping[str, Any]) -> None:
         self.client.set_tag(self.run_id, names.BEST_TRIAL, trial_id)
         rows = []
-        if value is not None and _numeric(value) is not None:
+        if value is not None and as_number(value) is not None:
             rows.append(Metric(names.BEST_PREFIX + metric, float(value), int(time.time() * 1000), 0))
         params = _params({f"best.{k}": v for k, v in config.items()})
         self.client.log_batch(self.run_id, metrics=rows, params=params)
@@ -625,6 +673,42 @@ def load_experiment_record(tracking_uri: str | None, run_id: str | None = None,
         "children": children,
         "best_schedule": artifact("best_schedule.json"),
     }
+
+
+def load_trial_records(tracking_uri: str | None, run_id: str) -> dict[str, Any]:
+    """What the record check compares with Ray's log, read back from MLflow
+    with a fresh client: per child run its starting params, pbt_events.json,
+    hp/* and training_iteration histories and last exploit count."""
+    record = load_experiment_record(tracking_uri, run_id)
+    client: MlflowClient = record["client"]
+    parent = record["parent"]
+    mutated = [k for k in parent.data.params.get(MUTATED_PARAM, "").split(",") if k]
+    trials = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for child in record["children"]:
+            run_id_ = child.info.run_id
+            try:
+                local = client.download_artifacts(run_id_, "pbt_events.json", tmp)
+                events = json.loads(Path(local).read_text())
+            except Exception:
+                events = None
+
+            def history(key: str) -> list[tuple[int, float]]:
+                return sorted((m.step, m.value) for m in client.get_metric_history(run_id_, key))
+
+            trials[child.data.tags[names.TRIAL_ID]] = {
+                "params": dict(child.data.params),
+                "events": events,
+                "hp": {k: history(names.HP_PREFIX + k) for k in mutated},
+                "iterations": history(names.TRAINING_ITERATION),
+                "exploits": child.data.metrics.get(names.EXPLOITS),
+            }
+    return {"client": client, "trials": trials, "mutated": mutated,
+            "experiment_path": parent.data.tags.get(names.STORAGE)}
+
+
+def tag_record_check(client: MlflowClient, run_id: str, outcome: str) -> None:
+    client.set_tag(run_id, names.RECORD_CHECK, outcome)
 
 
 def download_artifact(record: Mapping[str, Any], path: str, destination: str) -> str:

@@ -10,7 +10,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import ray
@@ -21,7 +21,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.logger import CSVLoggerCallback
 from ray.tune.utils import flatten_dict
 
-from pbtflow import baselines, lineage, names, tracking, trainables
+from pbtflow import baselines, lineage, names, record_check, tracking, trainables
 from pbtflow.experiment import Experiment, ExperimentError
 from pbtflow.pbt import ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
@@ -35,8 +35,8 @@ class _Progress(ray_tune.Callback):
     """One short line per reported result of the best member, and one per exploit,
     instead of Tune's full tables."""
 
-    def __init__(self, metric: str, scheduler: Any, every_s: float = 10.0) -> None:
-        self.metric, self.scheduler, self.every_s = metric, scheduler, every_s
+    def __init__(self, metric: str, mode: str, scheduler: Any, every_s: float = 10.0) -> None:
+        self.metric, self.mode, self.scheduler, self.every_s = metric, mode, scheduler, every_s
         self._last_print, self._events_seen, self._best = 0.0, 0, {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -53,7 +53,8 @@ class _Progress(ray_tune.Callback):
         self._events_seen = len(self.scheduler.events)
         if time.time() - self._last_print >= self.every_s and self._best:
             self._last_print = time.time()
-            best_id, (best, it) = max(self._best.items(), key=lambda kv: kv[1][0])
+            pick = max if self.mode == "max" else min
+            best_id, (best, it) = pick(self._best.items(), key=lambda kv: kv[1][0])
             print(f"[pbtflow] {len(trials)} trials, best {best_id}: {self.metric} = {best:.2f} "
                   f"at iteration {it}", flush=True)
 
@@ -78,22 +79,31 @@ class _Population(BasicVariantGenerator):
 
 class PopulationStopper(ray_tune.Stopper):
     """Stops a member at ``stop_iters`` and the whole population once the best
-    member's metric reaches ``stop_value``. A metric the trainable never
-    reports stops everything at the first result, with a clear message."""
+    member's metric reaches ``stop_value``. A metric (or time attribute) the
+    trainable does not report stops everything at the first result that lacks
+    it, with a clear message, unless the trainable says it is only pending
+    (``metric_pending``: no RL episode has finished yet)."""
 
-    def __init__(self, metric: str, mode: str, stop_iters: int, stop_value: float | None) -> None:
-        self.metric, self.mode = metric, mode
+    def __init__(self, metric: str, mode: str, stop_iters: int, stop_value: float | None,
+                 time_attr: str = names.TRAINING_ITERATION,
+                 metric_pending: Callable[[dict], bool] | None = None) -> None:
+        self.metric, self.mode, self.time_attr = metric, mode, time_attr
         self.stop_iters, self.stop_value = stop_iters, stop_value
+        self.metric_pending = metric_pending
         self.reached: tuple[str, float] | None = None
         self.error: str | None = None
 
     def __call__(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         flat = flatten_dict(dict(result), delimiter="/")
-        if self.metric not in flat:
-            reported = ", ".join(sorted(k for k in flat if not k.startswith("config/"))[:12])
-            self.error = (f"metric: the trainable never reports {self.metric!r} (it reported: "
-                          f"{reported}, ...); pass --metric with one of those.")
-            return True
+        reported = ", ".join(sorted(k for k in flat if not k.startswith("config/"))[:12])
+        for key, flag in ((self.time_attr, "time_attr"), (self.metric, "metric")):
+            if key not in flat and not (key == self.metric and self.metric_pending is not None
+                                        and self.metric_pending(flat)):
+                self.error = (f"{flag}: the trainable never reports {key!r} (it reported: "
+                              f"{reported}, ...); pass --{flag.replace('_', '-')} with one of those.")
+                return True
+        if self.metric not in flat:  # pending: nothing to rank or stop on yet
+            return flat.get(names.TRAINING_ITERATION, 0) >= self.stop_iters
         value = flat[self.metric]
         if self.stop_value is not None and value is not None:
             better = value >= self.stop_value if self.mode == "max" else value <= self.stop_value
@@ -205,9 +215,9 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         spec.param_space = scheduler.config  # the schedule's initial, complete config
     else:
         scheduler = build_scheduler(experiment, metric, spec.mutations, spec.repair)
-    hyperparameters = sorted(set(flatten_keys(spec.mutations))
-                             | set(flatten_keys(experiment.initial or {}))
-                             | set(spec.hyperparameters))
+    mutated = flatten_keys(spec.mutations)
+    constants = sorted((set(flatten_keys(experiment.initial or {})) | set(spec.hyperparameters))
+                       - set(mutated))
     storage = Path(experiment.storage_path or DEFAULT_STORAGE).expanduser().resolve()
     run_name = f"{experiment.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_path = Path(resume["path"]) if resume else storage / run_name
@@ -223,13 +233,13 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         parent.spill_path = experiment_path / tracking.SPILL_FILE
         if resume is None:
             parent.log_experiment(experiment, {"metric": metric,
-                                               "trainable_resolved": str(spec.trainable)})
+                                               tracking.MUTATED_PARAM: ",".join(mutated)})
             parent.client.set_tag(parent.run_id, names.STORAGE, str(experiment_path))
             if experiment.baseline:
                 parent.client.set_tag(parent.run_id, names.BASELINE, experiment.baseline)
             if replay is not None:
                 parent.client.set_tag(parent.run_id, names.REPLAY_OF, replay["parent_run_id"])
-            tuner = _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent,
+            tuner = _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent,
                                storage, run_name)
             experiment_path.mkdir(parents=True, exist_ok=True)
             (experiment_path / STATE_FILE).write_bytes(cloudpickle.dumps(
@@ -254,10 +264,10 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         finally:
             signal.signal(signal.SIGTERM, previous)
             tracker.close(spill_to=parent.spill_path)
-        if stopper.error:
-            raise ExperimentError(stopper.error)
         statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
         tracker.end_remaining(statuses)
+        if stopper.error:
+            raise ExperimentError(stopper.error)
         if interrupt.seen:  # KILLED: the members that had not reached their end
             tracker.mark_interrupted([
                 r.metrics.get("trial_id") for r in results
@@ -268,32 +278,69 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
                 f"python src/tune_ppo.py --resume {experiment_path}")
         if results.num_errors == len(results):
             raise RuntimeError(f"every trial failed; first error: {results.errors[0]}")
-        best = results.get_best_result(metric, experiment.mode, scope="last")
-        value = flatten_dict(dict(best.metrics or {}), delimiter="/").get(metric)
-        best_trial = (best.metrics or {}).get("trial_id", "")
+        best_trial, value, checkpoint = _best(results, metric, experiment.mode)
         events = tracker.events
         try:
-            parent.log_best(best_trial, metric, value,
-                            {k: v for k, v in flatten_dict(best.config, delimiter=".").items()
-                             if k in hyperparameters})
-            tracking.log_lineage(parent, lineage.build_lineage(events, tracker.initial),
+            if best_trial:
+                parent.log_best(best_trial, metric, value, tracker.last_config(best_trial))
+            lineage_record = lineage.build_lineage(events, tracker.initial)
+            tracking.log_lineage(parent, lineage_record,
                                  lineage.best_schedule(events, tracker.initial, best_trial),
-                                 best.checkpoint.path if best.checkpoint else None)
-            _log_plots(experiment, results, events, experiment_path, parent, tracker.hp_history)
+                                 checkpoint)
+            _log_plots(experiment, results, lineage_record, experiment_path, parent,
+                       tracker.hp_history, tracker.mutated)
         except Exception as exc:  # MLflow away at the very end: the results are on disk
             log.warning("pbtflow: could not log the summary to MLflow (%s); the results stay in %s.",
                         exc, experiment_path)
-        log.info("best trial %s: %s = %s", best_trial, metric, value)
+        if replay is None:
+            _check_record(parent, experiment_path)
+        log.info("best trial %s: %s = %s", best_trial or "-", metric, value)
     return results
 
 
-def _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent, storage,
+def _best(results: ResultGrid, metric: str, mode: str) -> tuple[str, float | None, str | None]:
+    """(trial id, last metric value, checkpoint path) of the best member by
+    its last result; ("", None, None) if no member reported the metric."""
+    scored = []
+    for result in results:
+        value = flatten_dict(dict(result.metrics or {}), delimiter="/").get(metric)
+        number = tracking.as_number(value)
+        if number is not None:
+            scored.append((number, result))
+    if not scored:
+        log.warning("pbtflow: no member reported %s, so there is no best member.", metric)
+        return "", None, None
+    pick = max if mode == "max" else min
+    value, best = pick(scored, key=lambda item: item[0])
+    return (best.metrics.get("trial_id", ""), value,
+            best.checkpoint.path if best.checkpoint else None)
+
+
+def _check_record(parent: tracking.ParentRun, experiment_path: Path) -> list[str] | None:
+    """Reconcile the MLflow record with Ray's PBT log and tag the parent run;
+    a differing record is a loud warning, the run itself stands."""
+    try:
+        differences = record_check.check(parent.client.tracking_uri, parent.run_id,
+                                         str(experiment_path))
+    except Exception as exc:  # MLflow away: `pbtflow check` can run it later
+        log.warning("pbtflow: could not check the record (%s); run later: pbtflow check --run-id %s",
+                    exc, parent.run_id)
+        return None
+    if differences:
+        log.warning("pbtflow: WARNING: the MLflow record differs from Ray's PBT log in %d places:\n  %s",
+                    len(differences), "\n  ".join(differences[:20]))
+    else:
+        log.info("pbtflow: record check: complete (MLflow agrees with Ray's PBT log)")
+    return differences
+
+
+def _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent, storage,
                run_name) -> ray_tune.Tuner:
     tracker = tracking.TrialTracker(parent.client, parent.experiment_id, parent.run_id,
-                                    hyperparameters, spec.logged_metrics, scheduler,
+                                    mutated, constants, spec.logged_metrics, scheduler,
                                     experiment.time_attr)
     stopper = PopulationStopper(metric, experiment.mode, experiment.stop_iters,
-                                experiment.stop_return)
+                                experiment.stop_return, experiment.time_attr, spec.metric_pending)
     return ray_tune.Tuner(
         spec.trainable,
         param_space=spec.param_space,
@@ -308,7 +355,7 @@ def _new_tuner(experiment, spec, scheduler, metric, hyperparameters, parent, sto
             name=run_name,
             storage_path=str(storage),
             stop=stopper,
-            callbacks=[tracker, _Progress(metric, scheduler), CSVLoggerCallback(),
+            callbacks=[tracker, _Progress(metric, experiment.mode, scheduler), CSVLoggerCallback(),
                        PBTSafeRetention(keep=KEEP_CHECKPOINTS, scheduler=scheduler)],
             checkpoint_config=_checkpoint_config(experiment, spec),
             failure_config=ray_tune.FailureConfig(max_failures=experiment.max_failures),
@@ -369,8 +416,9 @@ def _checkpoint_config(experiment: Experiment, spec: trainables.TrainableSpec) -
     )
 
 
-def _log_plots(experiment: Experiment, results: ResultGrid, events: list, experiment_path: Path,
-               parent: tracking.ParentRun, schedules: dict) -> None:
+def _log_plots(experiment: Experiment, results: ResultGrid, lineage_record: Mapping[str, Any],
+               experiment_path: Path, parent: tracking.ParentRun, schedules: Mapping[str, Any],
+               mutated: list[str]) -> None:
     """Pictures of the run next to its results and in the parent run; a failure
     here only warns, the run itself is recorded already."""
     from pbtflow import plots  # matplotlib, only when there is something to draw
@@ -378,8 +426,8 @@ def _log_plots(experiment: Experiment, results: ResultGrid, events: list, experi
     title = experiment.trainable + (f", {experiment.baseline} baseline (no PBT)"
                                     if experiment.baseline else ", PBT")
     try:
-        paths = plots.write(experiment.trainable, results, events, experiment_path / "plots", title,
-                            schedules)
+        paths = plots.write(experiment.trainable, results, lineage_record, schedules, mutated,
+                            experiment_path / "plots", title)
         if paths:
             parent.log_artifacts(paths)
             log.info("pictures: %s", ", ".join(str(p) for p in paths))

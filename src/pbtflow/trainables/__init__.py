@@ -61,6 +61,9 @@ class TrainableSpec:
     function: bool = False  # a function trainable: it reports its own checkpoints
     # Starting configs of the first members (the rest sample param_space).
     points_to_evaluate: list[dict[str, Any]] | None = None
+    # Whether a result (flattened with "/") may still lack the metric for a
+    # good reason, e.g. no RL episode has finished yet.
+    metric_pending: Callable[[dict], bool] | None = None
 
 
 def build(experiment) -> TrainableSpec:

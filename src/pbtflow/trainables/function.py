@@ -16,7 +16,7 @@ from ray import cloudpickle, tune
 
 from pbtflow import checkpoint
 from pbtflow.experiment import ExperimentError
-from pbtflow.pbt import is_domain, to_mutation
+from pbtflow.pbt import check_mutations, is_domain, to_mutation
 from pbtflow.trainables import TrainableSpec
 
 
@@ -101,7 +101,7 @@ def spec(function: Callable[[dict], Any], experiment, *, metric: str | None,
         trainable=tune.with_resources(trainable, {"cpu": experiment.cpus_per_trial}),
         param_space=initial,
         metric=metric,
-        mutations=mutations,
+        mutations=check_mutations(mutations),
         hyperparameters=tuple(initial),
         reuse_actors=True,
         function=True,

@@ -9,6 +9,7 @@ from typing import Any
 from ray import tune
 
 from pbtflow import names
+from pbtflow.pbt import check_mutations
 from pbtflow.trainables import TrainableSpec
 
 LR_STEPS = [1e-3, 5e-4, 1e-4, 5e-5, 1e-5]  # adjacent moves under PBT
@@ -63,6 +64,8 @@ SMOKE_INITIAL = {
     "minibatch_size": 64,
     "train_batch_size_per_learner": 256,
 }
+
+EPISODES_LIFETIME = "env_runners/num_episodes_lifetime"
 
 # A curated set: one PPO result has ~96 numeric keys and Azure ML's MLflow
 # caps metric names per run, so never log the whole result.
@@ -160,7 +163,7 @@ def build(experiment) -> TrainableSpec:
         trainable="PPO",
         param_space=param_space,
         metric=names.RETURN_MEAN,
-        mutations=mutations,
+        mutations=check_mutations(mutations),
         hyperparameters=tuple(initial),
         repair=repair,
         logged_metrics=LOGGED_METRICS,
@@ -168,4 +171,11 @@ def build(experiment) -> TrainableSpec:
         # restart the actor anyway.
         reuse_actors=False,
         tags={"env": experiment.env},
+        metric_pending=no_episode_finished,
     )
+
+
+def no_episode_finished(flat_result: dict) -> bool:
+    """RLlib leaves the episode return out of its results until the first
+    episode ends: long episodes outlast the first small batches."""
+    return not flat_result.get(EPISODES_LIFETIME)

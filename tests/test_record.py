@@ -1,0 +1,218 @@
+"""The PBT record is true: what pbtflow logs to MLflow agrees with Ray's own PBT
+log, for inputs the presets were not written for: PPO with continuous actions,
+PPO on episodes longer than the first batches, and a function trainable written
+the plain Ray way with `mutations:` only. The record check itself is tested to
+find differences when there are some."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.tune.utils import flatten_dict
+
+import pbtflow
+from pbtflow import names, record_check
+from pbtflow.cli import main
+from pbtflow.trainables.ppo import no_episode_finished
+from pbtflow.tuning import PopulationStopper, _Progress
+from mlflow_checks import assert_record_is_true, runs_by_role
+
+
+def _run(root, name: str, **settings):
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    results = pbtflow.tune(pbtflow.Experiment(experiment_name=name, tracking_uri=uri, seed=0,
+                                              storage_path=str(root / "results"), **settings))
+    client = MlflowClient(uri)
+    parents, _ = runs_by_role(client, name)
+    assert len(parents) == 1
+    return results, client, parents[0]
+
+
+@pytest.fixture(scope="module")
+def pendulum(ray_runtime, tmp_path_factory):
+    """Continuous actions; synchronous so that the two members exploit."""
+    return _run(tmp_path_factory.mktemp("pendulum"), "pendulum", env="Pendulum-v1", smoke=True,
+                synch=True)
+
+
+@pytest.fixture(scope="module")
+def acrobot(ray_runtime, tmp_path_factory):
+    """Acrobot's episodes last up to 500 steps; the smoke batch is 256 steps,
+    so RLlib's first results carry no episode return."""
+    return _run(tmp_path_factory.mktemp("acrobot"), "acrobot", env="Acrobot-v1", smoke=True,
+                synch=True, stop_iters=8)
+
+
+@pytest.fixture(scope="module")
+def plain(ray_runtime, tmp_path_factory):
+    """A plain Ray function trainable; Ray samples the starting values from
+    the mutations (no `initial:`)."""
+    return _run(tmp_path_factory.mktemp("plain"), "plain", trainable="plain_trainables:climb",
+                metric="height", stop_iters=40, perturbation_interval=4, population=4,
+                mutations={"lr": {"uniform": [0.1, 2.0]}, "momentum": [0.0, 0.5, 0.9]})
+
+
+def test_ppo_with_continuous_actions_records_every_exploit(pendulum):
+    results, client, parent = pendulum
+    assert results.num_errors == 0
+    counts = assert_record_is_true(client, parent.info.run_id, results)
+    assert counts["exploits"] >= 1, "synchronous PBT with 2 members must exploit"
+    assert set(parent.data.params["mutated_hyperparameters"].split(",")) == {
+        "lambda", "clip_param", "lr", "num_epochs", "minibatch_size", "train_batch_size_per_learner"}
+
+
+def test_ppo_on_long_episodes_waits_for_the_first_return(acrobot):
+    results, client, parent = acrobot
+    assert results.num_errors == 0 and parent.info.status == "FINISHED"
+    _, children = runs_by_role(client, "acrobot")
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, names.TRAINING_ITERATION)]
+        returns = [m.step for m in client.get_metric_history(child.info.run_id, names.RETURN_MEAN)]
+        assert steps == list(range(8))
+        assert returns and returns[0] > 0, "the first batch cannot end an episode"
+    assert all(names.RETURN_MEAN in flatten_dict(r.metrics, delimiter="/") for r in results)
+    assert_record_is_true(client, parent.info.run_id, results)
+
+
+def test_a_plain_ray_trainable_with_mutations_only_gets_its_whole_schedule(plain):
+    results, client, parent = plain
+    assert results.num_errors == 0
+    counts = assert_record_is_true(client, parent.info.run_id, results)
+    assert counts["exploits"] >= 1
+    _, children = runs_by_role(client, "plain")
+    for child in children:  # the starting values Ray sampled from the mutations
+        assert 0.1 <= float(child.data.params["lr"]) <= 2.0
+        assert float(child.data.params["momentum"]) in (0.0, 0.5, 0.9)
+        assert set(child.data.params) == {"lr", "momentum"}
+
+
+def test_parent_params_describe_the_experiment_as_the_user_named_it(plain, pendulum):
+    _, _, parent = plain
+    params = parent.data.params
+    assert params["trainable"] == "plain_trainables:climb"
+    assert not {"env", "preset", "num_env_runners", "cpus_per_env_runner", "gpus_per_trial",
+                "trainable_resolved"} & set(params)
+    assert not any("function" in value for value in params.values())
+    ppo = pendulum[2].data.params
+    assert (ppo["env"], ppo["trainable"]) == ("Pendulum-v1", "ppo")
+
+
+def test_check_command_finds_a_step_logged_twice(plain, capsys):
+    """Last in the module: it alters the shared run's record."""
+    results, client, parent = plain
+    uri = client.tracking_uri
+    assert main(["check", "--run-id", parent.info.run_id, "--tracking-uri", uri]) == 0
+    assert "complete" in capsys.readouterr().out
+    _, children = runs_by_role(client, "plain")
+    client.log_metric(children[0].info.run_id, "hp/lr", 123.0, step=1)
+    assert main(["check", "--run-id", parent.info.run_id, "--tracking-uri", uri]) == 1
+    out = capsys.readouterr().out
+    assert "hp/lr is logged at steps" in out, out
+    tag = client.get_run(parent.info.run_id).data.tags[names.RECORD_CHECK]
+    assert tag.startswith("1 differences") and "hp/lr" in tag
+
+
+# -- the check itself, on hand-written records ---------------------------------------
+MUTATED = ["lr"]
+# Trial 1 copies trial 0 after its step 1 (lr 0.5); trial 0 never exploits.
+RAY_LOG = [{"target": 1, "donor": 0, "target_iteration": 2, "donor_iteration": 2,
+            "config": {"lr": 0.5, "other": 1}}]
+EVENT = {"trial_id": "t_00001", "donor_id": "t_00000", "member_step": 1, "wall_time": 1.0,
+         "new": {"lr": 0.5}}
+
+
+def _record():
+    return {
+        "t_00000": {"params": {"lr": "0.1"}, "events": [], "exploits": 0.0,
+                    "hp": {"lr": [(0, 0.1), (1, 0.1), (2, 0.1)]},
+                    "iterations": [(0, 1), (1, 2), (2, 3)]},
+        "t_00001": {"params": {"lr": "0.2"}, "events": [dict(EVENT)], "exploits": 1.0,
+                    "hp": {"lr": [(0, 0.2), (1, 0.2), (2, 0.5)]},
+                    "iterations": [(0, 1), (1, 2), (2, 3)]},
+    }
+
+
+POLICIES = {"t_00000": None, "t_00001": [{"target": 1, "donor": 0, "config": {"lr": 0.5}}]}
+
+
+def test_a_true_record_has_no_differences():
+    assert record_check.compare(_record(), MUTATED, RAY_LOG, POLICIES) == []
+    assert record_check.summary([]) == "complete"
+
+
+@pytest.mark.parametrize("tamper, words", [
+    (lambda r: r["t_00001"].update(events=[]), "0 exploits in MLflow but 1 in Ray's pbt_global.txt"),
+    (lambda r: r["t_00001"].update(events=None), "pbt_events.json is missing"),
+    (lambda r: r["t_00001"]["events"][0].update(donor_id="t_00009"), "copied t_00009 in MLflow"),
+    (lambda r: r["t_00001"]["events"][0].update(new={"lr": 0.7}), "lr is 0.7 in MLflow but 0.5"),
+    (lambda r: r["t_00001"]["hp"]["lr"].pop(), "hp/lr is logged at steps [0, 1]"),
+    (lambda r: r["t_00001"]["hp"]["lr"].append((2, 0.5)), "hp/lr is logged at steps [0, 1, 2, 2]"),
+    (lambda r: r["t_00001"]["hp"].update(lr=[(0, 0.2), (1, 0.5), (2, 0.5)]),
+     "hp/lr is 0.5 at step 1 but Ray's log puts 0.2 in force"),
+    (lambda r: r["t_00000"]["hp"].update(lr=[]), "t_00000: hp/lr is logged at steps []"),
+    (lambda r: r["t_00000"]["params"].clear(), "the starting value of lr is not a param"),
+    (lambda r: r["t_00001"].update(exploits=0.0), "pbt/exploits ends at 0 but 1 exploits"),
+    (lambda r: r["t_00000"].update(iterations=[(0, 1), (0, 1), (2, 3)]),
+     "training_iteration is logged at steps [0, 0, 2]"),
+])
+def test_the_check_finds_each_kind_of_difference(tamper, words):
+    record = _record()
+    tamper(record)
+    differences = record_check.compare(record, MUTATED, RAY_LOG, POLICIES)
+    assert any(words in d for d in differences), differences
+
+
+def test_the_check_finds_an_exploit_ray_logged_for_an_unknown_trial():
+    log = RAY_LOG + [{"target": 7, "donor": 0, "target_iteration": 3, "donor_iteration": 3,
+                      "config": {"lr": 0.1}}]
+    assert any("has no child run" in d for d in record_check.compare(_record(), MUTATED, log, POLICIES))
+
+
+def test_policy_files_are_replayed_with_rays_rule():
+    # b copies a (a never exploited: b's file keeps its lines), then c copies b.
+    events = [{"trial_id": "b", "donor_id": "x", "new": {"lr": 1}},
+              {"trial_id": "b", "donor_id": "a", "new": {"lr": 2}},
+              {"trial_id": "c", "donor_id": "b", "new": {"lr": 3}}]
+    files = record_check.policy_files(events)
+    assert [line["donor"] for line in files["b"]] == ["x", "a"]
+    assert [line["donor"] for line in files["c"]] == ["x", "a", "b"]
+    assert "a" not in files
+
+
+# -- the stop rule and the console, on a recorded stream of results ------------------
+def test_a_return_pending_until_the_first_episode_ends_is_not_an_error():
+    stopper = PopulationStopper(names.RETURN_MEAN, "max", 10, None,
+                                metric_pending=no_episode_finished)
+    assert stopper("t", {"training_iteration": 1, "env_runners": {"num_episodes_lifetime": 0}}) is False
+    assert stopper.error is None
+    assert stopper("t", {"training_iteration": 2, "env_runners": {
+        "num_episodes_lifetime": 1, "episode_return_mean": -500.0}}) is False
+    assert stopper.error is None
+
+
+def test_a_metric_never_reported_fails_once_episodes_have_ended():
+    stopper = PopulationStopper("no/such/metric", "max", 10, None, metric_pending=no_episode_finished)
+    assert stopper("t", {"training_iteration": 1, "env_runners": {"num_episodes_lifetime": 0}}) is False
+    assert stopper("t", {"training_iteration": 2, "env_runners": {"num_episodes_lifetime": 3}}) is True
+    assert stopper.error.startswith("metric: the trainable never reports 'no/such/metric'")
+
+
+def test_a_time_attr_never_reported_fails_at_the_first_result():
+    stopper = PopulationStopper("score", "max", 10, None, time_attr="nonsense")
+    assert stopper("t", {"training_iteration": 1, "score": 1.0}) is True
+    assert stopper.error.startswith("time_attr: the trainable never reports 'nonsense'")
+
+
+@pytest.mark.parametrize("mode, best", [("max", "b"), ("min", "a")])
+def test_progress_names_the_best_member_for_the_mode(mode, best, capsys):
+    class Trial:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    class Scheduler:
+        events: list = []
+
+    progress = _Progress("loss", mode, Scheduler(), every_s=0.0)
+    progress.on_trial_result(0, [], Trial("a"), {"loss": 1.0, "training_iteration": 1})
+    progress.on_trial_result(0, [], Trial("b"), {"loss": 5.0, "training_iteration": 1})
+    assert f"best {best}: loss" in capsys.readouterr().out.strip().splitlines()[-1]
