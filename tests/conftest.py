@@ -17,6 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 ENTRY = REPO / "src" / "tune_ppo.py"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_checkout(tmp_path_factory):
+    """Every test runs in a temporary folder: MLflow puts the artifacts of a
+    SQLite store in ./mlruns of the working folder, wherever the database is."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
 @pytest.fixture(scope="session")
 def ray_runtime():
     import ray
