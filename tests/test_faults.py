@@ -49,6 +49,7 @@ def _assert_clean_record(tmp_path, name):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parents, children = runs_by_role(client, name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags.get("pbtflow.record_check") == "complete"
     assert len(children) == 2
     for child in children:
         assert child.info.status == "FINISHED"
@@ -127,6 +128,7 @@ def _assert_complete(uri, iters):
     client = MlflowClient(uri)
     parents, children = runs_by_role(client, "away")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags.get("pbtflow.record_check") == "complete"
     assert len(children) == 2
     for child in children:
         assert child.info.status == "FINISHED"
