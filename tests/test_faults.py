@@ -171,6 +171,14 @@ def test_tracking_server_gone_for_good_spills_for_pbtflow_sync(tmp_path):
                                 capture_output=True, text=True, timeout=120)
         assert synced.returncode == 0, synced.stderr[-2000:]
         assert not Path(spilled).exists()
+        # The run could not check its record with the server gone; once synced,
+        # the record (rows, exploits, summary) reconciles with Ray's log.
+        assert "pbtflow check --run-id" in err
+        parent = runs_by_role(MlflowClient(uri), "away")[0][0]
+        checked = subprocess.run([sys.executable, "-m", "pbtflow.cli", "check", "--run-id",
+                                  parent.info.run_id, "--tracking-uri", uri],
+                                 capture_output=True, text=True, timeout=120)
+        assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
         _assert_complete(uri, 20)
     finally:
         stop_mlflow_server(server)

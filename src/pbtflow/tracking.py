@@ -185,15 +185,54 @@ def _unborn(trial_id: str) -> str:
     return f"unborn:{trial_id}"  # rows of a trial whose run MLflow could not create yet
 
 
-def spill(path: Path, tracking_uri: str, rows: Mapping[str, list], terminal: Mapping[str, str]) -> None:
-    """Add undelivered metric rows and run endings to ``path`` (JSON)."""
+def spill(path: Path, tracking_uri: str, rows: Mapping[str, list], terminal: Mapping[str, str],
+          deliveries: list[dict[str, Any]] = ()) -> None:
+    """Add undelivered metric rows, run endings and other writes (artifacts,
+    tags, params; see :func:`send`) to ``path`` (JSON)."""
     data = json.loads(path.read_text()) if path.exists() else {"tracking_uri": tracking_uri,
                                                                  "rows": {}, "terminal": {}}
     for run_id, items in rows.items():
         data["rows"].setdefault(run_id, []).extend(items)
     data["terminal"].update(terminal)
+    data.setdefault("deliveries", []).extend(deliveries)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
+
+
+def send(client: MlflowClient, delivery: Mapping[str, Any]) -> None:
+    """One write to MLflow, described as plain data so that it can be spilled
+    and sent later: a JSON artifact, a file or folder, a tag, or params and
+    metrics."""
+    run_id, kind = delivery["run_id"], delivery["kind"]
+    if kind == "json":
+        client.log_dict(run_id, delivery["data"], delivery["path"])
+    elif kind == "file":
+        client.log_artifact(run_id, delivery["local"], delivery.get("folder"))
+    elif kind == "dir":
+        client.log_artifacts(run_id, delivery["local"], delivery.get("folder"))
+    elif kind == "tag":
+        client.set_tag(run_id, delivery["key"], delivery["value"])
+    elif kind == "batch":
+        client.log_batch(run_id, metrics=[Metric(*m) for m in delivery.get("metrics", [])],
+                         params=[Param(k, v) for k, v in delivery.get("params", [])])
+    else:
+        raise AssertionError(kind)
+
+
+def send_or_spill(client: MlflowClient, delivery: Mapping[str, Any], spill_to: Path | None) -> bool:
+    """Send ``delivery``; if MLflow does not take it, keep it in ``spill_to``
+    for `pbtflow sync` (or raise without one). True if it was sent."""
+    try:
+        send(client, delivery)
+        return True
+    except Exception as exc:
+        if spill_to is None:
+            raise
+        spill(spill_to, client.tracking_uri, {}, {}, [dict(delivery)])
+        log.warning("pbtflow: MLflow did not take %s of run %s (%s); it is kept in %s for "
+                    "pbtflow sync.", delivery.get("path") or delivery.get("key") or delivery["kind"],
+                    delivery["run_id"], exc, spill_to)
+        return False
 
 
 def sync(path: str | Path) -> tuple[int, int]:
@@ -212,6 +251,8 @@ def sync(path: str | Path) -> tuple[int, int]:
         for start in range(0, len(metrics), BATCH_LIMIT):
             client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])
         count += len(metrics)
+    for delivery in data.get("deliveries", []):
+        send(client, delivery)
     for run_id, status in data["terminal"].items():
         client.set_terminated(run_id, status)
     path.unlink()
@@ -409,18 +450,24 @@ class TrialTracker(Callback):
                 self.events.append({**change, "member_step": self._steps.get(trial_id, 0) - 1})
         self._changes_seen = len(changes)
 
-    def log_events(self) -> None:
+    def log_events(self, spill_to: Path | None = None) -> None:
         """Write ``pbt_events.json`` to every child run whose exploits are not
-        all in it yet, however the experiment ended."""
+        all in it yet, however the experiment ended; with MLflow away, keep it
+        in ``spill_to`` for `pbtflow sync` (or try again at the end)."""
         for trial_id, run_id in self.run_ids.items():
             events = self.events_of(trial_id)
             if self._events_logged.get(trial_id) == len(events):
                 continue
+            delivery = {"run_id": run_id, "kind": "json", "data": scrub(events),
+                        "path": "pbt_events.json"}
             try:
-                self._client.log_dict(run_id, scrub(events), "pbt_events.json")
+                if spill_to is None:
+                    send(self._client, delivery)
+                else:
+                    send_or_spill(self._client, delivery, spill_to)
                 self._events_logged[trial_id] = len(events)
-            except Exception as exc:  # MLflow away: the lineage on the parent still has them
-                log.warning("pbtflow: could not log the exploits of trial %s to MLflow (%s).",
+            except Exception as exc:  # MLflow away: sent (or spilled) at the end
+                log.warning("pbtflow: could not log the exploits of trial %s to MLflow yet (%s).",
                             trial_id, exc)
 
     def end_remaining(self, statuses: Mapping[str, str]) -> list[str]:
@@ -481,7 +528,7 @@ class TrialTracker(Callback):
         if self._writer is None:
             return None
         self._collect_changes()
-        self.log_events()
+        self.log_events(spill_to)
         spilled = self._writer.close(spill_to)
         if spilled:
             log.warning("pbtflow: MLflow at %s did not answer; the undelivered metrics are kept "
@@ -553,27 +600,33 @@ class ParentRun:
             path.write_text(yaml.safe_dump(json.loads(json.dumps(safe, default=repr)), sort_keys=False))
             self.client.log_artifact(self.run_id, str(path))
 
+    def deliver(self, kind: str, **fields: Any) -> bool:
+        """Write to the parent run; what MLflow does not take is kept for
+        `pbtflow sync` in the spill file."""
+        return send_or_spill(self.client, {"run_id": self.run_id, "kind": kind, **fields},
+                             self.spill_path)
+
     def log_best(self, trial_id: str, metric: str, value: float | None,
                  config: Mapping[str, Any]) -> None:
-        self.client.set_tag(self.run_id, names.BEST_TRIAL, trial_id)
+        self.deliver("tag", key=names.BEST_TRIAL, value=trial_id)
         rows = []
         if value is not None and as_number(value) is not None:
-            rows.append(Metric(names.BEST_PREFIX + metric, float(value), int(time.time() * 1000), 0))
-        params = _params({f"best.{k}": v for k, v in config.items()})
-        self.client.log_batch(self.run_id, metrics=rows, params=params)
+            rows.append([names.BEST_PREFIX + metric, float(value), int(time.time() * 1000), 0])
+        params = [[p.key, p.value] for p in _params({f"best.{k}": v for k, v in config.items()})]
+        self.deliver("batch", metrics=rows, params=params)
 
     def log_artifacts(self, paths: list[str | Path], folder: str | None = "plots") -> None:
         """Upload files (e.g. pictures) to the parent run under ``folder``."""
         for path in paths:
-            self.client.log_artifact(self.run_id, str(path), folder)
+            self.deliver("file", local=str(path), folder=folder)
 
 
 def log_lineage(parent: "ParentRun", lineage: Mapping[str, Any], schedule: Mapping[str, Any],
                 checkpoint_dir: str | None) -> None:
-    parent.client.log_dict(parent.run_id, scrub(lineage), "lineage.json")
-    parent.client.log_dict(parent.run_id, scrub(schedule), "best_schedule.json")
+    parent.deliver("json", data=scrub(lineage), path="lineage.json")
+    parent.deliver("json", data=scrub(schedule), path="best_schedule.json")
     if checkpoint_dir:
-        parent.client.log_artifacts(parent.run_id, checkpoint_dir, "best_checkpoint")
+        parent.deliver("dir", local=str(checkpoint_dir), folder="best_checkpoint")
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
