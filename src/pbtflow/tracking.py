@@ -18,12 +18,13 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import mlflow
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
@@ -39,22 +40,67 @@ BATCH_LIMIT = 250  # metric rows per log_batch call (Azure ML's MLflow cap)
 # Result fields that are bookkeeping, not measurements.
 _NOT_METRICS = {"timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
                 "should_checkpoint", "checkpoint_dir_name"}
-_SECRET = re.compile(r"(token|secret|password|passwd|credential|connection_?string|"
-                     r"(^|[._/-])(api_?)?key($|[._/-]))", re.IGNORECASE)
+REDACTED = "***"  # what a credential is replaced with, wherever pbtflow writes
+# Keys that look like credentials, at any depth ("db.password", "sim.auth.client_secret").
+_SECRET_KEY = re.compile(
+    r"(token|secret|passw|pwd|credential|connection_?str|conn_?str|private_?key|signature|cookie|"
+    r"(^|[._/-])(api_?|access_?|account_?|storage_?|ssh_?)?keys?($|[._/-])|"
+    r"(^|[._/-])auth(entication|orization|_?token)?($|[._/-])|(^|[._/-])sas($|[._/-]))",
+    re.IGNORECASE)
+# Values that are credentials whatever their key: connection strings with a
+# password or account key, bearer tokens, SAS signatures, JWTs, URLs with a password.
+_SECRET_VALUE = re.compile(
+    r"((^|[;\s])(password|pwd|accountkey|sharedaccesskey|sharedaccesssignature)\s*=)|"
+    r"(\bbearer\s+\S{6,})|([?&]sig=[^&\s]+)|(\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]+)|"
+    r"(://[^/\s:@]+:[^/\s@]+@)", re.IGNORECASE)
 
 
 def is_secret(key: str) -> bool:
     """Whether a config key looks like a credential, never to be written to MLflow."""
-    return bool(_SECRET.search(key))
+    return bool(_SECRET_KEY.search(str(key)))
+
+
+def looks_secret(value: Any) -> bool:
+    """Whether a value is a credential by its form (a connection string, a token...)."""
+    return isinstance(value, str) and bool(_SECRET_VALUE.search(value))
 
 
 def scrub(value: Any) -> Any:
-    """``value`` without mapping keys that look like credentials, at any depth."""
+    """``value`` with every credential replaced, at any depth of mappings and
+    lists: whatever sits under a key that looks like one, and every string
+    that looks like one whatever its key."""
     if isinstance(value, Mapping):
-        return {k: scrub(v) for k, v in value.items() if not is_secret(str(k))}
+        return {k: REDACTED if is_secret(k) else scrub(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
-    return value
+    return REDACTED if looks_secret(value) else value
+
+
+def secret_values(value: Any, secret: bool = False) -> set[str]:
+    """The credentials inside a config, as strings, to take out of free text
+    (error messages) where no key says what is what."""
+    if isinstance(value, Mapping):
+        return set().union(*(secret_values(v, secret or is_secret(k)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return set().union(*(secret_values(v, secret) for v in value))
+    text = str(value) if value is not None else ""
+    return {text} if len(text) >= 4 and (secret or looks_secret(value)) else set()
+
+
+# The same forms inside free text: the prefix is kept, the credential replaced.
+_SECRET_IN_TEXT = re.compile(
+    r"((?:password|pwd|accountkey|sharedaccesskey|sharedaccesssignature)\s*=\s*)[^;\s'\"]+|"
+    r"(bearer\s+)[^\s'\"]+|([?&]sig=)[^&\s'\"]+|()\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]+|"
+    r"(://[^/\s:@]+:)[^/\s@]+(?=@)", re.IGNORECASE)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without the given credentials and without anything that looks
+    like one (``Password=...``, ``Bearer ...``)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return _SECRET_IN_TEXT.sub(
+        lambda m: next((g for g in m.groups() if g is not None), "") + REDACTED, text)
 
 
 def resolve_tracking_uri(experiment: Experiment) -> str:
@@ -91,8 +137,9 @@ def as_number(value: Any) -> float | None:
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
-    return [Param(k, str(v)[:6000]) for k, v in values.items()
-            if v is not None and not is_secret(k)]
+    """Params with every credential replaced (by key or by value)."""
+    return [Param(k, (REDACTED if is_secret(k) else str(scrub(v)))[:MAX_PARAM_VAL_LENGTH])
+            for k, v in values.items() if v is not None]
 
 
 class _Writer:
@@ -276,8 +323,9 @@ class TrialTracker(Callback):
         self._client = client
         self._experiment_id = experiment_id
         self._parent_run_id = parent_run_id
-        self.mutated = [k for k in mutated if not is_secret(k)]
-        self._constants = [k for k in constants if k not in mutated and not is_secret(k)]
+        self.mutated = [k for k in mutated if not is_secret(k)]  # a credential is no metric
+        self._constants = [k for k in constants if k not in self.mutated]  # params, redacted
+        self.secrets: set[str] = set()  # taken out of error messages
         self._logged_metrics = logged_metrics
         self._scheduler = scheduler
         self._time_attr = time_attr
@@ -516,7 +564,8 @@ class TrialTracker(Callback):
         if status == "FAILED" and getattr(trial, "error_file", None):
             try:
                 message = Path(trial.error_file).read_text().strip().splitlines()[-1]
-                self._client.set_tag(run_id, names.ERROR, message[:5000])
+                self._client.set_tag(run_id, names.ERROR,
+                                     redact(message, self.secrets)[:MAX_TAG_VAL_LENGTH])
             except Exception as exc:  # MLflow away: the status and metrics still follow
                 log.warning("pbtflow: could not log the error of trial %s to MLflow (%s).",
                             trial.trial_id, exc)
@@ -674,7 +723,9 @@ def parent_run(experiment: Experiment, resume_run_id: str | None = None) -> Iter
         raise
     except BaseException as exc:
         try:
-            client.set_tag(parent.run_id, names.ERROR, str(exc)[:5000] or type(exc).__name__)
+            client.set_tag(parent.run_id, names.ERROR,
+                           redact(str(exc), secret_values(experiment.to_dict()))[:MAX_TAG_VAL_LENGTH]
+                           or type(exc).__name__)
         except Exception:  # MLflow away: the error still reaches the user
             pass
         parent.end("FAILED")
