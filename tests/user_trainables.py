@@ -39,3 +39,15 @@ def slow_counting(config):
     while True:
         time.sleep(float(config.get("sleep", 0.2)))
         run.report({"score": float(config["x"]) * run.step})
+
+
+def broken(config):
+    """Fails before its first report, as a trainable with a bug does."""
+    run = checkpoint.resume({})
+    scale = config["x"] / 0.0  # the bug
+    run.report({"score": scale})
+
+
+def silent(config):
+    """Returns without ever reporting."""
+    return None

@@ -25,6 +25,9 @@ class ExperimentError(ValueError):
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A setting: its default, its help text, and metadata: ``only`` (the one
+    trainable it applies to), ``cli=False`` (YAML/Python only), ``invalid``
+    (values that break its rule, beyond its type: the bad-input tests walk them)."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -34,55 +37,83 @@ class Experiment:
     (``--stop-iters``) and the Azure ML job inputs."""
 
     trainable: str = _opt("ppo", "What to tune: 'ppo' (RLlib PPO), 'lr-schedule', 'quadratic', "
-                          "or your own function trainable as 'package.module:function'.")
-    env: str = _opt("CartPole-v1", "Registered gymnasium environment id (PPO only).", only="ppo")
-    population: int | None = _opt(None, "Number of PBT members (trials) trained together.")
-    stop_iters: int | None = _opt(None, "Stop each member after this many training iterations.")
+                          "or your own function trainable as 'package.module:function'.",
+        invalid=("not a path", "no_such_module:train"))
+    env: str = _opt("CartPole-v1", "Registered gymnasium environment id (PPO only).", only="ppo",
+        invalid=("CartPole-v9",))
+    population: int | None = _opt(None, "Number of PBT members (trials) trained together.",
+        invalid=("1",))
+    stop_iters: int | None = _opt(None, "Stop each member after this many training iterations.",
+        invalid=("0",))
     stop_return: float | None = _opt(None, "Stop the whole population once the best member's "
                                      "metric reaches this value (the mean episode return for PPO; "
                                      "PPO's preset: 450; 'inf' never stops early).")
-    metric: str | None = _opt(None, "Metric PBT ranks members by; default: the trainable's own.")
-    mode: str = _opt("max", "Whether the metric is maximised ('max') or minimised ('min').")
+    metric: str | None = _opt(None, "Metric PBT ranks members by; default: the trainable's own.",
+        invalid=("",))
+    mode: str = _opt("max", "Whether the metric is maximised ('max') or minimised ('min').",
+        invalid=("maximum", "min"))
     time_attr: str | None = _opt(None, "Result field PBT measures time in "
-                                 "(e.g. training_iteration or time_total_s).")
-    perturbation_interval: float | None = _opt(None, "Exploit/explore every this many time_attr units.")
+                                 "(e.g. training_iteration or time_total_s).",
+        invalid=("",))
+    perturbation_interval: float | None = _opt(None, "Exploit/explore every this many time_attr units.",
+        invalid=("0", "-3"))
     quantile_fraction: float | None = _opt(None, "Share of the population that copies the best / "
-                                           "is copied from, in [0, 0.5].")
+                                           "is copied from, in [0, 0.5].",
+        invalid=("0.7", "-0.1"))
     resample_probability: float | None = _opt(None, "Chance that explore resamples a hyperparameter "
-                                              "instead of perturbing it, in [0, 1].")
+                                              "instead of perturbing it, in [0, 1].",
+        invalid=("2",))
     synch: bool | None = _opt(None, "Synchronous PBT: wait for every member before exploiting.")
     preset: str = _opt("laptop", "Search-space preset: 'laptop' (small batches, 2 CPU cores) or "
-                       "'cluster' (DESIGN.md's reference space); PPO only.", only="ppo")
+                       "'cluster' (DESIGN.md's reference space); PPO only.", only="ppo",
+        invalid=("tiny",))
     cpus_per_trial_process: float | None = _opt(None, "CPUs reserved for a trial's own process "
                                                 "(PPO: learner + local sampling); default: 2 / population "
                                                 "on the laptop preset so the whole population runs at "
-                                                "once on 2 cores, 1 otherwise.")
+                                                "once on 2 cores, 1 otherwise.",
+        invalid=("0",))
     num_env_runners: int = _opt(0, "RLlib env runners per trial (0 samples in the trial's own "
-                                "process).", only="ppo")
-    cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.", only="ppo")
-    gpus_per_trial: float = _opt(0, "GPUs per trial (for the RLlib learner).", only="ppo")
+                                "process).", only="ppo",
+        invalid=("-1", "64"))
+    cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.", only="ppo",
+        invalid=("0",))
+    gpus_per_trial: float = _opt(0, "GPUs per trial (for the RLlib learner).", only="ppo",
+        invalid=("-1",))
     checkpoint_interval: int | None = _opt(None, "Checkpoint every this many iterations; must divide "
-                                           "the perturbation interval (default: equal to it).")
-    max_failures: int = _opt(2, "Times Tune retries a failed trial from its latest checkpoint.")
-    experiment_name: str = _opt("pbt", "MLflow experiment (and Ray Tune experiment folder) name.")
+                                           "the perturbation interval (default: equal to it).",
+        invalid=("0", "2"))
+    max_failures: int = _opt(2, "Times Tune retries a failed trial from its latest checkpoint.",
+        invalid=("-2",))
+    experiment_name: str = _opt("pbt", "MLflow experiment (and Ray Tune experiment folder) name.",
+        invalid=("  ",))
     tracking_uri: str | None = _opt(None, "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else "
-                                    "MLflow's embedded store (./mlflow.db).")
+                                    "MLflow's embedded store (./mlflow.db).",
+        invalid=("http://127.0.0.1:9",))
+    upload_checkpoint: bool = _opt(True, "Upload the best member's last checkpoint to the parent "
+                                   "run (best_checkpoint/); it holds the trainable's own pickled "
+                                   "config, credentials included, so --no-upload-checkpoint keeps "
+                                   "it out of MLflow.")
     storage_path: str | None = _opt(None, "Where Ray Tune writes checkpoints and results; default "
-                                    "./pbtflow_results. Must be visible to every node on a cluster.")
+                                    "./pbtflow_results. Must be visible to every node on a cluster.",
+        invalid=("/dev/null/results",))
     seed: int | None = _opt(None, "Random seed for the search space, PBT and the trainables.")
     baseline: str | None = _opt(None, "Run a no-PBT baseline instead, as its own parent run: 'grid' "
                                 "(PBT's starting points, held fixed) or 'random' (starting values "
                                 "sampled from the mutation domains); same trainable and budget.",
-                                shown_default="none: run PBT")
+                                shown_default="none: run PBT",
+        invalid=("best",))
     resume: str | None = _opt(None, "Folder of an interrupted experiment (printed when it stopped) to "
-                              "continue, into the same MLflow parent and child runs.")
+                              "continue, into the same MLflow parent and child runs.",
+        invalid=("/tmp",))
     smoke: bool = _opt(False, "Shrink what you left unset to check the wiring in about a minute "
                        "(population 2, at most 6 iterations, perturbation every 2, small batches).")
     initial: dict | None = _opt(None, "Initial hyperparameters (YAML/Python only): values or Tune "
-                                "domains, overriding the preset's.", cli=False)
+                                "domains, overriding the preset's.", cli=False,
+        invalid=([1, 2], {"lr": 5.0}))
     mutations: dict | None = _opt(None, "PBT hyperparameter mutations (YAML/Python only), replacing "
                                   "the preset's: a list, a {uniform|loguniform|randint|choice: ...} "
-                                  "mapping, a Tune domain, a callable or a nested dict.", cli=False)
+                                  "mapping, a Tune domain, a callable or a nested dict.", cli=False,
+        invalid=({"lr": 0.001}, {"lr": {"uniform": [1.0, 0.0]}}, {}))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -98,6 +129,10 @@ class Experiment:
         for key, value in {**preset, **shrunk}.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.mode == "min" and self.metric is not None and self.metric == preset.get("metric"):
+            raise ExperimentError(
+                f"mode: {self.trainable}'s metric {self.metric!r} is maximised, but got mode='min'; "
+                "drop --mode, or pass --metric with a metric your trainable minimises.")
         if self.cpus_per_trial_process is None:
             # Laptop: share this machine's cores so the whole population trains
             # at once (round-robin would restart a PPO actor at every pause).
@@ -114,6 +149,8 @@ class Experiment:
         _check(self.stop_iters >= 1, "stop_iters",
                f"must be at least 1, but got stop_iters={self.stop_iters}")
         _check(self.mode in ("max", "min"), "mode", f"must be 'max' or 'min', but got mode={self.mode!r}")
+        _check(self.metric is None or bool(self.metric.strip()), "metric",
+               f"must name a result field the trainable reports, but got metric={self.metric!r}")
         _check(bool(self.time_attr), "time_attr", "must name a result field, e.g. training_iteration")
         _check(self.perturbation_interval > 0, "perturbation_interval",
                f"must be positive, but got perturbation_interval={self.perturbation_interval}")
@@ -262,7 +299,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ExperimentError(f"config: no such file {str(path)!r}; pass an existing YAML file to --config.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as exc:
+        raise ExperimentError(f"config: {str(path)!r} names {exc.key!r} twice (lines {exc.first} and "
+                              f"{exc.second}); keep one of them.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -273,9 +313,37 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ExperimentError(f"config: {str(path)!r} must hold a mapping of settings (key: value), "
                               f"but holds a {type(data).__name__}.")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    check_keys(data, source=str(path))
-    return data
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in settings:
+            raise ExperimentError(f"config: {str(path)!r} names the setting {name!r} twice (as "
+                                  f"{name!r} and {name.replace('_', '-')!r}); keep one of them.")
+        settings[name] = value
+    check_keys(settings, source=str(path))
+    return settings
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a mapping naming a key twice is an error
+    (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def check_keys(data: Mapping[str, Any], source: str) -> None:

@@ -66,10 +66,39 @@ def to_mutation(spec: Any, name: str = "mutations") -> Any:
 
 
 def check_mutations(mutations: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate and convert a whole mutations mapping."""
+    """Validate and convert a whole mutations mapping; a numeric range must
+    hold more than one value (not empty, not reversed)."""
     if not mutations:
         raise ExperimentError("mutations: PBT needs at least one hyperparameter to mutate.")
-    return {k: to_mutation(v, f"mutations.{k}") for k, v in mutations.items()}
+    converted = {k: to_mutation(v, f"mutations.{k}") for k, v in mutations.items()}
+    for key in flatten_keys(converted):
+        mutation = get_path(converted, key)
+        found = bounds_of(mutation)
+        if found and isinstance(mutation, (Float, Integer)) and not found[0] < found[1]:
+            kind = "randint" if isinstance(mutation, Integer) else "uniform"
+            low, high = mutation.lower, mutation.upper
+            span = f"[{low:g}, {high:g})" if kind == "randint" else f"[{low:g}, {high:g}]"
+            raise ExperimentError(
+                f"mutations.{key}: the range {span} holds no value to explore (empty or "
+                f"reversed); write {{{kind}: [low, high]}} with low < high"
+                + (" (randint's high is exclusive)" if kind == "randint" else "") + ".")
+    return converted
+
+
+def check_initial_in_range(initial: Mapping[str, Any], mutations: Mapping[str, Any]) -> None:
+    """A fixed starting value outside its mutation's bounds would be clipped at
+    the first explore: refuse it, naming both."""
+    for key in flatten_keys(mutations):
+        found = bounds_of(get_path(mutations, key))
+        value = get_path(initial, key)
+        if found is None or isinstance(value, (bool, Domain)) or not isinstance(value, (int, float)):
+            continue
+        low, high, _ = found
+        if not low <= value <= high:
+            raise ExperimentError(
+                f"initial.{key}: {value:g} lies outside its mutation's range [{low:g}, {high:g}], "
+                "so PBT would clip it at the first explore; start inside the range or widen the "
+                "mutation.")
 
 
 def flatten_keys(mutations: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -46,7 +48,7 @@ class _Progress(ray_tune.Callback):
         for event in self.scheduler.events[self._events_seen:]:
             changed = ", ".join(f"{k} {event['old'][k]:.4g} -> {event['new'][k]:.4g}"
                                 for k in event["new"]
-                                if isinstance(event["new"][k], (int, float))
+                                if isinstance(event["new"][k], (int, float)) and not tracking.is_secret(k)
                                 and event["new"][k] != event["old"].get(k))
             print(f"[pbt] {event['trial_id']} copies {event['donor_id']} at "
                   f"t={event['time']:g}: {changed or 'no change'}", flush=True)
@@ -95,6 +97,8 @@ class PopulationStopper(ray_tune.Stopper):
 
     def __call__(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         flat = flatten_dict(dict(result), delimiter="/")
+        if flat.get("done") and names.TRAINING_ITERATION not in flat:
+            return True  # a function that returned without reporting (see _TrainableWatch)
         reported = ", ".join(sorted(k for k in flat if not k.startswith("config/"))[:12])
         for key, flag in ((self.time_attr, "time_attr"), (self.metric, "metric")):
             if key not in flat and not (key == self.metric and self.metric_pending is not None
@@ -113,6 +117,53 @@ class PopulationStopper(ray_tune.Stopper):
 
     def stop_all(self) -> bool:
         return self.reached is not None or self.error is not None
+
+
+class _TrainableWatch(ray_tune.Callback):
+    """What only the trainable can tell, at its first results: a trainable that
+    raises before its first report (its own exception and line, not Tune's
+    wrapper) or returns without reporting ends the experiment at once, through
+    the stopper, instead of being retried or ending quietly."""
+
+    def __init__(self, stopper: PopulationStopper, trainable: str) -> None:
+        self.stopper, self.trainable = stopper, trainable
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check_failure(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check_failure(trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if names.TRAINING_ITERATION not in (trial.last_result or {}) and self.stopper.error is None:
+            self.stopper.error = (f"trainable: {self.trainable!r} returned without reporting a result; "
+                                  "report every step with tune.report({...}) (or pbtflow.checkpoint's "
+                                  "run.report) inside its loop.")
+
+    def _check_failure(self, trial) -> None:
+        if names.TRAINING_ITERATION in (trial.last_result or {}) or self.stopper.error is not None:
+            return  # it has trained: a later failure is retried from its checkpoint
+        where, error = _user_error(getattr(trial, "error_file", None))
+        self.stopper.error = (f"trainable: {self.trainable!r} raised {error} {where}before its first "
+                              "result; fix it and run again.")
+
+
+def _user_error(error_file: str | None) -> tuple[str, str]:
+    """("at file:line in function ", "ExceptionType: message") of the last
+    failure in Tune's error file: the deepest frame outside Ray and pbtflow."""
+    import re
+
+    try:
+        text = Path(error_file).read_text() if error_file else ""
+    except OSError:
+        text = ""
+    last = text.split("Failure # ")[-1]
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', last)
+    own = [f for f in frames if "/ray/" not in f[0] and "/pbtflow/" not in f[0]]
+    where = f"at {own[-1][0]}:{own[-1][1]} in {own[-1][2]} " if own else ""
+    lines = [line.strip() for line in last.strip().splitlines() if line.strip()]
+    error = lines[-1] if lines else "an error"
+    return where, error
 
 
 def _init_ray() -> None:
@@ -184,6 +235,27 @@ def _check_resources(experiment: Experiment, total: Mapping[str, float] | None =
                               f"the Ray cluster has {gpus:g}; lower --gpus-per-trial or add GPU nodes.")
 
 
+MIN_FREE_MIB = 100  # below this, checkpoints would soon fill the storage disk
+
+
+def _check_storage(path: Path) -> None:
+    """Ray would start, then fail deep inside pyarrow: create the folder, write
+    a probe file and look at the free space first."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".pbtflow-probe-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+    except OSError as exc:
+        raise ExperimentError(f"storage_path: {str(path)!r} cannot be created or written "
+                              f"({exc.strerror or exc}); pass a writable --storage-path.") from None
+    free_mib = shutil.disk_usage(path).free / 2 ** 20
+    if free_mib < MIN_FREE_MIB:
+        raise ExperimentError(f"storage_path: {str(path)!r} has {free_mib:.0f} MiB free, less than the "
+                              f"{MIN_FREE_MIB} MiB checkpoints need; free some space or pass another "
+                              "--storage-path.")
+
+
 STATE_FILE = "pbtflow_state.pkl"  # the experiment and its parent run id, beside Tune's state
 
 
@@ -222,8 +294,10 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
     run_name = f"{experiment.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_path = Path(resume["path"]) if resume else storage / run_name
 
-    # Fail on an unreachable tracking server before Ray starts, and on a trial
-    # larger than the cluster before a parent run is opened.
+    # Fail on an unwritable storage path or an unreachable tracking server
+    # before Ray starts, and on a trial larger than the cluster before a
+    # parent run is opened.
+    _check_storage(storage)
     tracking.check_reachable(tracking.resolve_tracking_uri(experiment))
     if not ray.is_initialized() and not _joins_cluster():  # Ray would start on this machine
         _check_resources(experiment, {"CPU": os.cpu_count() or 1, "GPU": float("inf")})
@@ -232,8 +306,8 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
     with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None) as parent:
         parent.spill_path = experiment_path / tracking.SPILL_FILE
         if resume is None:
-            parent.log_experiment(experiment, {"metric": metric,
-                                               tracking.MUTATED_PARAM: ",".join(mutated)})
+            parent.log_experiment(experiment, {"metric": metric, tracking.MUTATED_PARAM: ",".join(
+                k for k in mutated if not tracking.is_secret(k))})
             parent.client.set_tag(parent.run_id, names.STORAGE, str(experiment_path))
             if experiment.baseline:
                 parent.client.set_tag(parent.run_id, names.BASELINE, experiment.baseline)
@@ -251,6 +325,7 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
                                            resume_errored=True)
         run_config = tuner._local_tuner.get_run_config()
         tracker = next(c for c in run_config.callbacks if isinstance(c, tracking.TrialTracker))
+        tracker.secrets = tracking.secret_values(experiment.to_dict())
         stopper = run_config.stop
         # PopulationStopper reports a missing metric in one sentence; Tune's own
         # check would raise first with the whole result dumped.
@@ -286,7 +361,7 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
             lineage_record = lineage.build_lineage(events, tracker.initial)
             tracking.log_lineage(parent, lineage_record,
                                  lineage.best_schedule(events, tracker.initial, best_trial),
-                                 checkpoint)
+                                 checkpoint if experiment.upload_checkpoint else None)
             _log_plots(experiment, results, lineage_record, experiment_path, parent,
                        tracker.hp_history, tracker.mutated)
         except Exception as exc:  # MLflow away at the very end: the results are on disk
@@ -356,6 +431,7 @@ def _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent, 
             storage_path=str(storage),
             stop=stopper,
             callbacks=[tracker, _Progress(metric, experiment.mode, scheduler), CSVLoggerCallback(),
+                       _TrainableWatch(stopper, experiment.trainable),
                        PBTSafeRetention(keep=KEEP_CHECKPOINTS, scheduler=scheduler)],
             checkpoint_config=_checkpoint_config(experiment, spec),
             failure_config=ray_tune.FailureConfig(max_failures=experiment.max_failures),

@@ -19,9 +19,10 @@ BUILTIN = {
 
 # Experiment settings each trainable brings as its preset; a setting the user
 # leaves unset (None) takes the value here. "custom" is a user's own trainable.
+# Every built-in trainable's metric is maximised.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {
-        "population": 4, "stop_iters": 100, "stop_return": 450.0,
+        "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": 450.0,
         "time_attr": "training_iteration", "perturbation_interval": 3,
         "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
     },

@@ -16,7 +16,7 @@ from ray import cloudpickle, tune
 
 from pbtflow import checkpoint
 from pbtflow.experiment import ExperimentError
-from pbtflow.pbt import check_mutations, is_domain, to_mutation
+from pbtflow.pbt import check_initial_in_range, check_mutations, is_domain, to_mutation
 from pbtflow.trainables import TrainableSpec
 
 
@@ -96,12 +96,14 @@ def spec(function: Callable[[dict], Any], experiment, *, metric: str | None,
             f"mutations: PBT needs the hyperparameters to mutate, but got none for "
             f"trainable={experiment.trainable!r}; add `mutations:` to the --config YAML file "
             "(e.g. lr: {loguniform: [1.0e-4, 1.0e-1]}) or pass Experiment(mutations=...).")
+    mutations = check_mutations(mutations)
+    check_initial_in_range(experiment.initial or {}, mutations)
     trainable = wrap(function, experiment.perturbation_checkpoint_interval, experiment.seed)
     return TrainableSpec(
         trainable=tune.with_resources(trainable, {"cpu": experiment.cpus_per_trial}),
         param_space=initial,
         metric=metric,
-        mutations=check_mutations(mutations),
+        mutations=mutations,
         hyperparameters=tuple(initial),
         reuse_actors=True,
         function=True,

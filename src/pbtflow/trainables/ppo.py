@@ -9,7 +9,7 @@ from typing import Any
 from ray import tune
 
 from pbtflow import names
-from pbtflow.pbt import check_mutations
+from pbtflow.pbt import check_initial_in_range, check_mutations
 from pbtflow.trainables import TrainableSpec
 
 LR_STEPS = [1e-3, 5e-4, 1e-4, 5e-5, 1e-5]  # adjacent moves under PBT
@@ -144,7 +144,9 @@ def build(experiment) -> TrainableSpec:
     if experiment.smoke:
         initial.update(SMOKE_INITIAL)
     initial.update(experiment.initial or {})
-    mutations = experiment.mutations if experiment.mutations is not None else preset["mutations"]
+    mutations = check_mutations(experiment.mutations if experiment.mutations is not None
+                                else preset["mutations"])
+    check_initial_in_range(experiment.initial or {}, mutations)
 
     config = (
         PPOConfig()
@@ -163,7 +165,7 @@ def build(experiment) -> TrainableSpec:
         trainable="PPO",
         param_space=param_space,
         metric=names.RETURN_MEAN,
-        mutations=check_mutations(mutations),
+        mutations=mutations,
         hyperparameters=tuple(initial),
         repair=repair,
         logged_metrics=LOGGED_METRICS,
