@@ -182,3 +182,50 @@ def test_tracking_server_gone_for_good_spills_for_pbtflow_sync(tmp_path):
         _assert_complete(uri, 20)
     finally:
         stop_mlflow_server(server)
+
+
+def _start_function_run(tmp_path, name, *extra):
+    (tmp_path / "exp.yaml").write_text(
+        "metric: score\npopulation: 2\nstop_iters: 200\n"
+        "perturbation_interval: 5\nexperiment_name: " + name + "\n"
+        "initial: {x: 1.0, sleep: 0.25}\nmutations: {x: [1.0, 2.0, 3.0]}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(Path(__file__).parent)
+    return subprocess.Popen([sys.executable, str(ENTRY), "--config", "exp.yaml", *extra], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_a_stalled_experiment_ends_as_interrupted_with_its_runs_killed(tmp_path):
+    proc = _start_function_run(tmp_path, "stall", "--trainable", "user_trainables:blocking",
+                               "--stall-timeout", "8")
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # the stall was not caught: end what this test started
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert "stall_timeout: no member has reported for" in out
+    assert "Resume with: python src/tune_ppo.py --resume " in err
+    parents, children = runs_by_role(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "stall")
+    assert parents[0].info.status == "KILLED"
+    assert {c.info.status for c in children} == {"KILLED"}
+
+
+def test_runs_of_a_driver_killed_hard_are_ended_by_check_and_resume(tmp_path):
+    proc = _start_function_run(tmp_path, "hard", "--trainable", "user_trainables:slow_counting")
+    _wait_for_rows(tmp_path, 6, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started: no chance to clean up
+    proc.wait(timeout=60)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, children = runs_by_role(client, "hard")
+    assert parents[0].info.status == "RUNNING" and {c.info.status for c in children} == {"RUNNING"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    checked = subprocess.run([sys.executable, "-m", "pbtflow.cli", "check", "--run-id",
+                              parents[0].info.run_id, "--tracking-uri", uri], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert "marked KILLED" in checked.stderr, checked.stderr[-2000:]
+    parents, children = runs_by_role(client, "hard")
+    for run in parents + children:
+        assert run.info.status == "KILLED"
+        assert "ended without ending its runs" in run.data.tags["pbtflow.killed_because"]

@@ -216,3 +216,24 @@ def test_progress_names_the_best_member_for_the_mode(mode, best, capsys):
     progress.on_trial_result(0, [], Trial("a"), {"loss": 1.0, "training_iteration": 1})
     progress.on_trial_result(0, [], Trial("b"), {"loss": 5.0, "training_iteration": 1})
     assert f"best {best}: loss" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_a_stall_is_reported_with_each_members_state(capsys):
+    from pbtflow.tuning import _StallWatch
+
+    class Trial:
+        def __init__(self, trial_id, status):
+            self.trial_id, self.status = trial_id, status
+
+    watch = _StallWatch(None)
+    watch.FLOOR_S = 0.05
+    trials = [Trial("a_00000", "PAUSED"), Trial("a_00001", "RUNNING")]
+    watch.on_step_end(0, trials)
+    assert capsys.readouterr().out == ""  # not quiet for long yet
+    import time
+
+    time.sleep(0.1)
+    watch.on_step_end(1, trials)
+    out = capsys.readouterr().out
+    assert "no member has reported for" in out
+    assert "a_00000 PAUSED (by PBT" in out and "a_00001 RUNNING" in out

@@ -51,3 +51,13 @@ def broken(config):
 def silent(config):
     """Returns without ever reporting."""
     return None
+
+
+def blocking(config):
+    """Reports three steps, then blocks, as a trainable stuck on I/O does."""
+    import time
+
+    run = checkpoint.resume({})
+    while run.step <= 3:
+        run.report({"score": float(config["x"]) * run.step})
+    time.sleep(3600)

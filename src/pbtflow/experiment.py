@@ -84,6 +84,11 @@ class Experiment:
         invalid=("0", "2"))
     max_failures: int = _opt(2, "Times Tune retries a failed trial from its latest checkpoint.",
         invalid=("-2",))
+    stall_timeout: float | None = _opt(None, "End the experiment as interrupted (state saved, runs "
+                                       "KILLED, the resume hint printed) when no member has reported "
+                                       "for this many seconds; without it a stall is only reported.",
+                                       shown_default="none: report a stall, keep waiting",
+                                       invalid=("0", "-5"))
     experiment_name: str = _opt("pbt", "MLflow experiment (and Ray Tune experiment folder) name.",
         invalid=("  ",))
     tracking_uri: str | None = _opt(None, "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else "
@@ -174,6 +179,9 @@ class Experiment:
         _check(self.max_failures >= -1, "max_failures",
                f"must be -1 (retry forever) or more, but got max_failures={self.max_failures}")
         _check(bool(self.experiment_name.strip()), "experiment_name", "must not be empty")
+        _check(self.stall_timeout is None or self.stall_timeout > 0, "stall_timeout",
+               f"must be a positive number of seconds, but got stall_timeout={self.stall_timeout}; "
+               "leave it out to only report a stall")
         if self.checkpoint_interval is not None:
             _check(self.checkpoint_interval >= 1, "checkpoint_interval",
                    f"must be at least 1, but got checkpoint_interval={self.checkpoint_interval}")

@@ -25,6 +25,8 @@ ERROR = "pbtflow.error"
 BASELINE = "pbtflow.baseline"  # parent run of a no-PBT baseline: "grid" or "random"
 REPLAY_OF = "pbtflow.replay_of"  # a replay's parent: the original parent run id
 STORAGE = "pbtflow.storage"  # where Ray Tune keeps the experiment
+DRIVER = "pbtflow.driver"  # parent: host:pid of the process driving the experiment
+KILLED_BECAUSE = "pbtflow.killed_because"  # a run ended KILLED for its driver, and why
 RECORD_CHECK = "pbtflow.record_check"  # parent: "complete", or the differences from Ray's PBT log
 
 # Artifacts.

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -302,6 +303,14 @@ def sync(path: str | Path) -> tuple[int, int]:
         send(client, delivery)
     for run_id, status in data["terminal"].items():
         client.set_terminated(run_id, status)
+    # The driver that spilled is gone: none of its runs may stay RUNNING.
+    run_ids = set(data["rows"]) | set(data["terminal"]) | {d["run_id"] for d in data.get("deliveries", [])}
+    parents = set()
+    for run_id in run_ids - {r for r in run_ids if r.startswith("unborn:")}:
+        tags = client.get_run(run_id).data.tags
+        parents.add(run_id if tags.get(names.ROLE) == "parent" else tags.get(names.PARENT_RUN_ID))
+    for parent_id in parents - {None}:
+        end_orphans(client, parent_id, driver_gone=True)
     path.unlink()
     return count, len(data["terminal"])
 
@@ -699,6 +708,8 @@ def parent_run(experiment: Experiment, resume_run_id: str | None = None) -> Iter
     env_run = os.environ.get("MLFLOW_RUN_ID")
     try:
         if resume_run_id is not None:
+            # The interrupted driver may have died without ending its runs.
+            end_orphans(client, resume_run_id, driver_gone=True)
             run = client.get_run(resume_run_id)
             owned = run.data.tags.get(names.ROLE) == "parent" and not env_run
             if owned:
@@ -711,6 +722,7 @@ def parent_run(experiment: Experiment, resume_run_id: str | None = None) -> Iter
             exp_id = _experiment_id(client, experiment.experiment_name)
             run = client.create_run(exp_id, tags={names.ROLE: "parent"})
             parent = ParentRun(client, run.info.run_id, exp_id, owned=True)
+        client.set_tag(parent.run_id, names.DRIVER, driver_id())
     except ExperimentError:
         raise
     except Exception as exc:
@@ -732,6 +744,56 @@ def parent_run(experiment: Experiment, resume_run_id: str | None = None) -> Iter
         raise
     else:
         parent.end("FINISHED")
+
+
+def driver_id() -> str:
+    """Which process drives the experiment: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _driver_alive(driver: str | None) -> bool | None:
+    """Whether the process named by a driver tag still runs; None when that
+    cannot be told from here (another host)."""
+    host, _, pid = (driver or "").rpartition(":")
+    if not pid.isdigit() or host != socket.gethostname():
+        return None
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_orphans(client: MlflowClient, parent_run_id: str, driver_gone: bool = False) -> list[str]:
+    """End the runs a driver left RUNNING when it died hard (SIGKILL, out of
+    memory, a lost machine): the parent and its RUNNING children become
+    KILLED, tagged with why. ``driver_gone``: the caller knows it is gone
+    (a resume, a spill file); else it must be a dead process on this host.
+    Returns the run ids it ended."""
+    parent = client.get_run(parent_run_id)
+    if parent.info.status != "RUNNING" or parent.data.tags.get(names.ROLE) != "parent":
+        return []
+    driver = parent.data.tags.get(names.DRIVER)
+    if not driver_gone and _driver_alive(driver) is not False:
+        return []
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`{names.PARENT_RUN_ID}` = '{parent_run_id}'",
+                                  max_results=10000)
+    why = (f"the driver ({driver or 'unknown'}) ended without ending its runs (killed hard, out of "
+           "memory or a lost machine); ended KILLED by pbtflow")
+    ended = []
+    for run in [parent, *children]:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, names.KILLED_BECAUSE, why)
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    log.warning("pbtflow: %d runs of parent %s were left RUNNING by a driver that died; marked KILLED.",
+                len(ended), parent_run_id)
+    return ended
 
 
 # -- reading back: `pbtflow report` ---------------------------------------------------

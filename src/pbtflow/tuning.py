@@ -148,6 +148,61 @@ class _TrainableWatch(ray_tune.Callback):
                               "result; fix it and run again.")
 
 
+class _StallWatch(ray_tune.Callback):
+    """A stall is never silent: when no member has reported for much longer
+    than the slowest iteration so far (``FACTOR`` times, at least ``FLOOR_S``),
+    print every member's state and what Tune waits for; with a stall timeout,
+    end the experiment as interrupted (Tune saves its state, the runs end
+    KILLED and the resume hint is printed)."""
+
+    FLOOR_S = 60.0
+    FACTOR = 10.0
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.fired = False
+        self._last = self._reported = 0.0
+        self._slowest = 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._last = time.monotonic()
+        self._slowest = max(self._slowest, float(result.get("time_this_iter_s") or 0.0))
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if not self._last:
+            self._last = self._reported = now
+        quiet = now - self._last
+        limit = max(self.FLOOR_S, self.FACTOR * self._slowest)
+        if quiet > limit and now - self._reported > limit:
+            self._reported = now
+            print(f"[pbtflow] no member has reported for {quiet:.0f} s (the slowest iteration took "
+                  f"{self._slowest:.1f} s): " + "; ".join(_why_waiting(t) for t in trials), flush=True)
+        if self.timeout and quiet > self.timeout and not self.fired:
+            self.fired = True
+            print(f"[pbtflow] stall_timeout: no member has reported for {quiet:.0f} s; stopping the "
+                  "experiment as interrupted.", flush=True)
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's own clean stop, as Ctrl-C
+
+
+def _why_waiting(trial) -> str:
+    """One member's state, and what Tune holds it for when it can tell."""
+    status = trial.status
+    if status == "PENDING":
+        try:
+            needs = trial.placement_group_factory.required_resources
+            free = ray.available_resources()
+            short = {k: v for k, v in needs.items() if free.get(k, 0) < v}
+            return (f"{trial.trial_id} PENDING, waiting for resources "
+                    f"({', '.join(f'{k} {v:g} needed, {free.get(k, 0):g} free' for k, v in short.items())})"
+                    if short else f"{trial.trial_id} PENDING, resources free but not started")
+        except Exception:  # noqa: BLE001 (a diagnosis must never fail the run)
+            return f"{trial.trial_id} PENDING"
+    if status == "PAUSED":
+        return f"{trial.trial_id} PAUSED (by PBT, until it is scheduled again)"
+    return f"{trial.trial_id} {status}"
+
+
 def _user_error(error_file: str | None) -> tuple[str, str]:
     """("at file:line in function ", "ExceptionType: message") of the last
     failure in Tune's error file: the deepest frame outside Ray and pbtflow."""
@@ -432,6 +487,7 @@ def _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent, 
             stop=stopper,
             callbacks=[tracker, _Progress(metric, experiment.mode, scheduler), CSVLoggerCallback(),
                        _TrainableWatch(stopper, experiment.trainable),
+                       _StallWatch(experiment.stall_timeout),
                        PBTSafeRetention(keep=KEEP_CHECKPOINTS, scheduler=scheduler)],
             checkpoint_config=_checkpoint_config(experiment, spec),
             failure_config=ray_tune.FailureConfig(max_failures=experiment.max_failures),
