@@ -219,6 +219,8 @@ def test_progress_names_the_best_member_for_the_mode(mode, best, capsys):
 
 
 def test_a_stall_is_reported_with_each_members_state(capsys):
+    import time
+
     from pbtflow.tuning import _StallWatch
 
     class Trial:
@@ -227,13 +229,11 @@ def test_a_stall_is_reported_with_each_members_state(capsys):
 
     watch = _StallWatch(None)
     watch.FLOOR_S = 0.05
-    trials = [Trial("a_00000", "PAUSED"), Trial("a_00001", "RUNNING")]
-    watch.on_step_end(0, trials)
+    watch.on_step_begin(0, [Trial("a_00000", "PAUSED"), Trial("a_00001", "RUNNING")])
+    watch.check()
     assert capsys.readouterr().out == ""  # not quiet for long yet
-    import time
-
     time.sleep(0.1)
-    watch.on_step_end(1, trials)
+    watch.check()
     out = capsys.readouterr().out
     assert "no member has reported for" in out
     assert "a_00000 PAUSED (by PBT" in out and "a_00001 RUNNING" in out

@@ -10,6 +10,7 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -153,22 +154,48 @@ class _StallWatch(ray_tune.Callback):
     than the slowest iteration so far (``FACTOR`` times, at least ``FLOOR_S``),
     print every member's state and what Tune waits for; with a stall timeout,
     end the experiment as interrupted (Tune saves its state, the runs end
-    KILLED and the resume hint is printed)."""
+    KILLED and the resume hint is printed). It watches from its own thread:
+    Tune can block inside one step for minutes (waiting for its searcher)."""
 
     FLOOR_S = 60.0
     FACTOR = 10.0
+    EVERY_S = 2.0
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
         self.fired = False
         self._last = self._reported = 0.0
         self._slowest = 0.0
+        self._trials: list | None = None
+        self._done = threading.Event()
+
+    def __getstate__(self) -> dict:  # pickled with the experiment: no thread, no event
+        state = dict(self.__dict__)
+        state.update(_done=None, _trials=None, _last=0.0, _reported=0.0)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._done = threading.Event()
+
+    def setup(self, **info):
+        threading.Thread(target=self._watch, name="pbtflow-stall-watch", daemon=True).start()
+
+    def on_experiment_end(self, trials, **info):
+        self._done.set()
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._trials = trials
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._last = time.monotonic()
         self._slowest = max(self._slowest, float(result.get("time_this_iter_s") or 0.0))
 
-    def on_step_end(self, iteration, trials, **info):
+    def _watch(self) -> None:
+        while not self._done.wait(self.EVERY_S):
+            self.check()
+
+    def check(self) -> None:
         now = time.monotonic()
         if not self._last:
             self._last = self._reported = now
@@ -177,7 +204,8 @@ class _StallWatch(ray_tune.Callback):
         if quiet > limit and now - self._reported > limit:
             self._reported = now
             print(f"[pbtflow] no member has reported for {quiet:.0f} s (the slowest iteration took "
-                  f"{self._slowest:.1f} s): " + "; ".join(_why_waiting(t) for t in trials), flush=True)
+                  f"{self._slowest:.1f} s): " + "; ".join(_why_waiting(t) for t in self._trials or []),
+                  flush=True)
         if self.timeout and quiet > self.timeout and not self.fired:
             self.fired = True
             print(f"[pbtflow] stall_timeout: no member has reported for {quiet:.0f} s; stopping the "
@@ -327,8 +355,9 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
     an MLflow child run under one parent run. With ``experiment.resume`` set,
     continue an interrupted experiment into the same runs."""
     resume = _load_resume_state(experiment.resume) if experiment.resume else None
-    if resume is not None:
-        experiment = resume["experiment"]
+    if resume is not None:  # the interrupted experiment, with a stall timeout given now
+        experiment = resume["experiment"].replace(
+            stall_timeout=experiment.stall_timeout or resume["experiment"].stall_timeout)
     if experiment.seed is not None:
         random.seed(experiment.seed)
         np.random.seed(experiment.seed)
@@ -381,6 +410,9 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         run_config = tuner._local_tuner.get_run_config()
         tracker = next(c for c in run_config.callbacks if isinstance(c, tracking.TrialTracker))
         tracker.secrets = tracking.secret_values(experiment.to_dict())
+        for callback in run_config.callbacks:
+            if isinstance(callback, _StallWatch):
+                callback.timeout = experiment.stall_timeout
         stopper = run_config.stop
         # PopulationStopper reports a missing metric in one sentence; Tune's own
         # check would raise first with the whole result dumped.
