@@ -229,3 +229,52 @@ def test_runs_of_a_driver_killed_hard_are_ended_by_check_and_resume(tmp_path):
     for run in parents + children:
         assert run.info.status == "KILLED"
         assert "ended without ending its runs" in run.data.tags["pbtflow.killed_because"]
+
+
+def _exploits_logged(tmp_path) -> int:
+    logs = list((tmp_path / "pbtflow_results").glob("*/pbt_global.txt"))
+    return sum(1 for line in logs[0].read_text().splitlines() if line.strip()) if logs else 0
+
+
+@pytest.mark.parametrize("point", ["early", "middle", "after an exploit"])
+def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
+    """`python src/tune_ppo.py` (population 4, stop at a mean return of 450),
+    interrupted at three points and resumed: each ends as an uninterrupted run
+    does, the population stop included."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.Popen([sys.executable, str(ENTRY), "--seed", "1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        if point == "early":
+            _wait_for_rows(tmp_path, 3, proc)
+        elif point == "middle":
+            _wait_for_rows(tmp_path, 20, proc)
+        else:
+            deadline = time.time() + 300
+            while _exploits_logged(tmp_path) == 0 and time.time() < deadline:
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+                time.sleep(0.2)
+            assert _exploits_logged(tmp_path) > 0, "no exploit in 5 minutes"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode == 0:
+        pytest.skip(f"the run reached its target before the {point} interruption")
+    assert proc.returncode == 130, err[-3000:]
+    path = err.split("--resume ")[1].split()[0]
+    resumed = subprocess.run([sys.executable, str(ENTRY), "--resume", path, "--stall-timeout", "300"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, children = runs_by_role(client, "pbt")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags.get("pbtflow.record_check") == "complete"
+    assert float(parents[0].data.metrics["best/env_runners/episode_return_mean"]) >= 450
+    assert len(children) == 4
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "training_iteration")]
+        assert steps == list(range(len(steps)))

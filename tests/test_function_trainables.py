@@ -22,7 +22,7 @@ SPACE = {"initial": {"x": tune.uniform(0.5, 2.0)}, "mutations": {"x": tune.unifo
     ("no_such_module:train", "'no_such_module' must be an importable module, but got "
                              "trainable='no_such_module:train' (ModuleNotFoundError"),
     ("user_trainables:nothing", "module 'user_trainables' must define 'nothing', but got "
-                                "trainable='user_trainables:nothing'; its functions are: counting"),
+                                "trainable='user_trainables:nothing'; its functions are: blocking, broken, counting"),
     ("user_trainables:NOT_A_FUNCTION", "must name a function taking the config dict, but got a int"),
     ("user_trainables:two_arguments", "must accept exactly one argument (the config dict), but got "
                                       "two_arguments(config, extra)"),

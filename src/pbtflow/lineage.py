@@ -50,12 +50,58 @@ def config_at(schedule: Mapping[str, Any], step: int) -> dict[str, Any]:
     return config
 
 
+RAY_LOG = "pbt_global.txt"
+KEPT_LOG = "pbt_global.before_resume_{}.txt"  # Ray's log as a resume found it
+
+
+UNDONE = "pbtflow_undone_exploits.json"  # exploits Tune undid when it resumed
+
+
 def read_ray_log(experiment_path: str | Path) -> list[dict[str, Any]]:
     """Ray's own record of the exploits, ``pbt_global.txt``, in order: one
     entry per exploit with the target's and the donor's trial index (Ray's
     experiment tags start with it), their training iterations as Ray logged
-    them, and the new config."""
-    return _read_policy_lines(Path(experiment_path) / "pbt_global.txt")
+    them, and the new config. A resumed experiment's Ray starts the file
+    afresh: the copies kept at each resume come first, without the exploits
+    Tune undid when it resumed (its saved state predated them)."""
+    folder = Path(experiment_path)
+    undone = json.loads((folder / UNDONE).read_text()) if (folder / UNDONE).exists() else []
+    entries: list[dict[str, Any]] = []
+    kept_lines: list[str] = []
+    for number in range(1, count_resumes(folder) + 1):
+        lines = _lines(folder / KEPT_LOG.format(number))
+        kept_lines += lines
+        part = [_entry(line) for line in lines]
+        for event in undone:  # the member's last exploit before that resume
+            if event.get("resume") == number:
+                target = trial_index(event["trial_id"])
+                last = max((i for i, e in enumerate(part) if e["target"] == target), default=None)
+                if last is not None:
+                    part.pop(last)
+        entries += part
+    current = _lines(folder / RAY_LOG)
+    if kept_lines and current[:len(kept_lines)] == kept_lines:  # a Ray that kept the old lines
+        current = current[len(kept_lines):]
+    return entries + [_entry(line) for line in current]
+
+
+def write_undone(experiment_path: str | Path, undone: list[dict[str, Any]]) -> None:
+    (Path(experiment_path) / UNDONE).write_text(json.dumps(
+        [{"trial_id": e["trial_id"], "donor_id": e["donor_id"], "resume": e["resume"]} for e in undone]))
+
+
+def keep_ray_log(experiment_path: str | Path) -> int:
+    """Before a resume: keep Ray's log as it is (the resumed Ray rewrites it
+    from scratch); returns the number of resumes so far."""
+    folder = Path(experiment_path)
+    number = count_resumes(folder) + 1
+    source = folder / RAY_LOG
+    (folder / KEPT_LOG.format(number)).write_text(source.read_text() if source.exists() else "")
+    return number
+
+
+def count_resumes(experiment_path: str | Path) -> int:
+    return len(list(Path(experiment_path).glob(KEPT_LOG.format("*"))))
 
 
 def read_ray_policy(experiment_path: str | Path, trial_id: str) -> list[dict[str, Any]] | None:
@@ -67,17 +113,18 @@ def read_ray_policy(experiment_path: str | Path, trial_id: str) -> list[dict[str
 
 
 def _read_policy_lines(path: Path) -> list[dict[str, Any]]:
-    entries = []
-    if not path.exists():
-        return entries
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        target, donor, target_iteration, donor_iteration, _donor_config, new_config = json.loads(line)
-        entries.append({"target": tag_index(target), "donor": tag_index(donor),
-                        "target_iteration": target_iteration, "donor_iteration": donor_iteration,
-                        "config": new_config})
-    return entries
+    return [_entry(line) for line in _lines(path)]
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _entry(line: str) -> dict[str, Any]:
+    target, donor, target_iteration, donor_iteration, _donor_config, new_config = json.loads(line)
+    return {"target": tag_index(target), "donor": tag_index(donor),
+            "target_iteration": target_iteration, "donor_iteration": donor_iteration,
+            "config": new_config}
 
 
 def tag_index(tag: Any) -> int:

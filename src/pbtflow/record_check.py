@@ -37,14 +37,14 @@ def _config_differences(where: str, logged: Mapping[str, Any], truth: Mapping[st
 
 def compare(trials: Mapping[str, Mapping[str, Any]], mutated: Sequence[str],
             ray_log: Sequence[Mapping[str, Any]],
-            ray_policies: Mapping[str, Sequence[Mapping[str, Any]] | None]) -> list[str]:
+            ray_policies: Mapping[str, Sequence[Mapping[str, Any]] | None] | None) -> list[str]:
     """Differences between pbtflow's record and Ray's log (empty: complete).
 
     ``trials``: trial id -> {"params": starting values as logged (strings),
     "events": pbt_events.json, "hp": key -> [(step, value)], "iterations":
     [(step, training_iteration)], "exploits": last pbt/exploits value}.
     ``ray_log``: :func:`pbtflow.lineage.read_ray_log`; ``ray_policies``: trial
-    id -> :func:`pbtflow.lineage.read_ray_policy`."""
+    id -> :func:`pbtflow.lineage.read_ray_policy`, or None not to compare them."""
     differences: list[str] = []
     by_index = {lineage.trial_index(tid): tid for tid in trials}
     ray_by_trial: dict[str, list[Mapping[str, Any]]] = {tid: [] for tid in trials}
@@ -80,7 +80,8 @@ def compare(trials: Mapping[str, Mapping[str, Any]], mutated: Sequence[str],
                                    f"{before_last} exploits precede the last step")
         differences += _hp_differences(trial_id, record, mutated, ray_events)
 
-    differences += _chain_differences(trials, mutated, ray_policies, by_index)
+    if ray_policies is not None:
+        differences += _chain_differences(trials, mutated, ray_policies, by_index)
     return differences
 
 
@@ -189,7 +190,10 @@ def check(tracking_uri: str | None, run_id: str, experiment_path: str | None = N
         differences = [f"Ray's experiment folder {path!r} is not there to check against; pass "
                        "the folder that holds pbt_global.txt"]
     else:
-        policies = {tid: lineage.read_ray_policy(path, tid) for tid in record["trials"]}
+        # A resumed Ray starts its policy files afresh without the donors'
+        # history: they are compared only for experiments never resumed.
+        policies = (None if lineage.count_resumes(path) else
+                    {tid: lineage.read_ray_policy(path, tid) for tid in record["trials"]})
         differences = compare(record["trials"], record["mutated"], lineage.read_ray_log(path),
                               policies)
     tracking.tag_record_check(record["client"], run_id, summary(differences))

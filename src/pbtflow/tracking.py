@@ -104,6 +104,17 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         lambda m: next((g for g in m.groups() if g is not None), "") + REDACTED, text)
 
 
+def _same_values(a: Mapping[str, Any], b: Mapping[str, Any], keys: list[str]) -> bool:
+    for key in keys:
+        x, y = as_number(a.get(key)), as_number(b.get(key))
+        if x is None or y is None:
+            if a.get(key) != b.get(key):
+                return False
+        elif not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
+            return False
+    return True
+
+
 def resolve_tracking_uri(experiment: Experiment) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's embedded default."""
     return experiment.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
@@ -335,6 +346,10 @@ class TrialTracker(Callback):
         self.mutated = [k for k in mutated if not is_secret(k)]  # a credential is no metric
         self._constants = [k for k in constants if k not in self.mutated]  # params, redacted
         self.secrets: set[str] = set()  # taken out of error messages
+        self.experiment_path: Path | None = None  # Ray's experiment folder (its PBT log)
+        self._verify_on_start: set[str] = set()  # resumed trials, checked at their first start
+        self.undone: list[dict[str, Any]] = []  # exploits Tune undid on a resume
+        self.resumes = 0
         self._logged_metrics = logged_metrics
         self._scheduler = scheduler
         self._time_attr = time_attr
@@ -427,6 +442,9 @@ class TrialTracker(Callback):
     def _child(self, trial) -> str | None:
         """The trial's child run id, created on first use; None while MLflow is
         away (its rows wait under a placeholder until the run exists)."""
+        if trial.trial_id in self._verify_on_start:  # its first start after a resume
+            self._verify_on_start.discard(trial.trial_id)
+            self._undo_reverted(trial.trial_id, {k: get_path(trial.config, k) for k in self.mutated})
         if trial.trial_id not in self._current:  # the config it starts with
             self._current[trial.trial_id] = {k: get_path(trial.config, k) for k in self.mutated}
         run_id = self.run_ids.get(trial.trial_id)
@@ -506,6 +524,52 @@ class TrialTracker(Callback):
                 self._exploits[trial_id] = self._exploits.get(trial_id, 0) + 1
                 self.events.append({**change, "member_step": self._steps.get(trial_id, 0) - 1})
         self._changes_seen = len(changes)
+
+    def roll_back_to(self, ray_counts: Mapping[int, int]) -> int:
+        """On resume, Tune restores every trial as its last saved experiment
+        state has it: an exploit decided after that save never happened (the
+        member trains on with its old config, and Ray's PBT log lacks it).
+        Keep each member's first exploits, as many as Ray's log holds
+        (``ray_counts``: trial index -> exploits), and take the values in
+        force from each trial's restored config. Returns how many were dropped."""
+        from pbtflow.lineage import trial_index
+
+        kept, seen = [], {}
+        for event in self.events:
+            index = trial_index(event["trial_id"])
+            seen[index] = seen.get(index, 0) + 1
+            if seen[index] <= ray_counts.get(index, 0):
+                kept.append(event)
+        dropped = len(self.events) - len(kept)
+        self.events[:] = kept
+        self._exploits = {}
+        for event in kept:
+            self._exploits[event["trial_id"]] = self._exploits.get(event["trial_id"], 0) + 1
+        for trial_id in list(self._current):  # the values in force after the kept exploits
+            mine = [e for e in kept if e["trial_id"] == trial_id]
+            self._current[trial_id] = dict(mine[-1]["new"]) if mine else {
+                k: self.initial.get(trial_id, {}).get(k) for k in self.mutated}
+        if dropped:
+            self._events_logged.clear()
+            log.warning("pbtflow: %d exploits decided after Tune last saved the experiment did not "
+                        "survive the interruption; the record follows Tune's restored state.", dropped)
+        return dropped
+
+    def _undo_reverted(self, trial_id: str, restored: Mapping[str, Any]) -> None:
+        """A resumed trial starts with the config of Tune's last saved state; if
+        that is not the config its last exploit set, Tune undid that exploit
+        (Ray's log may still list it): take it out of the record, and note it
+        for the record check."""
+        mine = self.events_of(trial_id)
+        while mine and not _same_values(mine[-1]["new"], restored, self.mutated):
+            event = mine.pop()
+            self.events.remove(event)
+            self.undone.append({**event, "resume": self.resumes})
+            self._exploits[trial_id] = self._exploits.get(trial_id, 1) - 1
+            self._events_logged.pop(trial_id, None)
+            log.warning("pbtflow: trial %s resumes with the config from before its exploit of %s; "
+                        "Tune undid that exploit, and so does the record.", trial_id, event["donor_id"])
+        self._current[trial_id] = dict(restored)
 
     def log_events(self, spill_to: Path | None = None) -> None:
         """Write ``pbt_events.json`` to every child run whose exploits are not
@@ -587,6 +651,10 @@ class TrialTracker(Callback):
             return None
         self._collect_changes()
         self.log_events(spill_to)
+        if self.undone and self.experiment_path is not None:
+            from pbtflow.lineage import write_undone
+
+            write_undone(self.experiment_path, self.undone)
         spilled = self._writer.close(spill_to)
         if spilled:
             log.warning("pbtflow: MLflow at %s did not answer; the undelivered metrics are kept "
@@ -600,7 +668,7 @@ class TrialTracker(Callback):
         return {"run_ids": self.run_ids, "steps": self._steps, "exploits": self._exploits,
                 "last_iteration": self._last_iteration, "events": self.events,
                 "current": self._current, "events_logged": self._events_logged,
-                "last_logged": self._last_logged,
+                "last_logged": self._last_logged, "undone": self.undone, "resumes": self.resumes,
                 "ended": sorted(self.ended), "initial": self.initial, "hp_history": self.hp_history}
 
     def set_state(self, state: dict) -> None:
@@ -618,6 +686,13 @@ class TrialTracker(Callback):
         self.hp_history.update(state.get("hp_history", {}))
         # The scheduler starts afresh on resume: what it holds now is not new.
         self._changes_seen = len(getattr(self._scheduler, "changes", []))
+        self.undone[:] = state.get("undone", [])
+        self.resumes = state.get("resumes", 0) + 1
+        if self.experiment_path is not None:
+            from pbtflow.lineage import count_global_log
+
+            self.roll_back_to(count_global_log(self.experiment_path))
+        self._verify_on_start = set(self.run_ids)
 
 
 class TuningInterrupted(Exception):

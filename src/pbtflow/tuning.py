@@ -12,6 +12,7 @@ import signal
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -80,6 +81,9 @@ class _Population(BasicVariantGenerator):
         return super().is_finished() and (stopped or not self._live_trials)
 
 
+_STOPPER_BOARDS: dict[str, dict[str, Any]] = {}  # stopper token -> what its copies learned
+
+
 class PopulationStopper(ray_tune.Stopper):
     """Stops a member at ``stop_iters`` and the whole population once the best
     member's metric reaches ``stop_value``. A metric (or time attribute) the
@@ -93,8 +97,33 @@ class PopulationStopper(ray_tune.Stopper):
         self.metric, self.mode, self.time_attr = metric, mode, time_attr
         self.stop_iters, self.stop_value = stop_iters, stop_value
         self.metric_pending = metric_pending
+        self._token = uuid.uuid4().hex
         self.reached: tuple[str, float] | None = None
         self.error: str | None = None
+
+    # On resume Tune drives the experiment with the copy of the stopper saved
+    # in its experiment state, while the searcher, the callbacks and pbtflow
+    # hold the copy saved with the Tuner. Every copy in this process shares
+    # what any of them learned (target reached, error), or Tune would stop the
+    # trials while the searcher waited for them forever (the resume stall).
+    def _board(self) -> dict[str, Any]:
+        return _STOPPER_BOARDS.setdefault(self._token, {"reached": None, "error": None})
+
+    @property
+    def reached(self) -> tuple[str, float] | None:
+        return self._board()["reached"]
+
+    @reached.setter
+    def reached(self, value: tuple[str, float] | None) -> None:
+        self._board()["reached"] = value
+
+    @property
+    def error(self) -> str | None:
+        return self._board()["error"]
+
+    @error.setter
+    def error(self, value: str | None) -> None:
+        self._board()["error"] = value
 
     def __call__(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         flat = flatten_dict(dict(result), delimiter="/")
@@ -404,12 +433,14 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
                 {"experiment": experiment, "parent_run_id": parent.run_id,
                  "path": str(experiment_path)}))
         else:
+            lineage.keep_ray_log(experiment_path)  # the resumed Ray rewrites pbt_global.txt
             tuner = ray_tune.Tuner.restore(str(experiment_path), trainable=spec.trainable,
                                            param_space=spec.param_space, resume_unfinished=True,
                                            resume_errored=True)
         run_config = tuner._local_tuner.get_run_config()
         tracker = next(c for c in run_config.callbacks if isinstance(c, tracking.TrialTracker))
         tracker.secrets = tracking.secret_values(experiment.to_dict())
+        tracker.experiment_path = experiment_path  # where Ray's PBT log is, for a resume
         for callback in run_config.callbacks:
             if isinstance(callback, _StallWatch):
                 callback.timeout = experiment.stall_timeout
