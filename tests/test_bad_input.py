@@ -7,7 +7,6 @@ Ray runtime: what only the trainable can tell."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import yaml

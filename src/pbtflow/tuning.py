@@ -634,8 +634,6 @@ def replay(run_id: str, tracking_uri: str | None = None) -> tuple[ResultGrid, fl
     """Retrain one member on the best schedule of parent run ``run_id``, as a new
     parent run tagged with the original's id. Returns the results, the replay's
     final metric and the original best."""
-    import tempfile
-
     import yaml
 
     record = tracking.load_experiment_record(tracking_uri, run_id)
