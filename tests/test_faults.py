@@ -242,8 +242,11 @@ def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
     interrupted at three points and resumed: each ends as an uninterrupted run
     does, the population stop included."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.Popen([sys.executable, str(ENTRY), "--seed", "1"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # Asynchronous PBT may reach the target before any exploit: for the third
+    # point, synchronous PBT makes the first exploit certain (at iteration 3).
+    extra = ["--synch"] if point == "after an exploit" else []
+    proc = subprocess.Popen([sys.executable, str(ENTRY), "--seed", "1", *extra], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         if point == "early":
@@ -255,6 +258,7 @@ def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
             while _exploits_logged(tmp_path) == 0 and time.time() < deadline:
                 assert proc.poll() is None, proc.communicate()[1][-2000:]
                 time.sleep(0.2)
+            assert proc.poll() is None, "the run ended at its first exploit"
             assert _exploits_logged(tmp_path) > 0, "no exploit in 5 minutes"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
