@@ -68,7 +68,9 @@ def members_from(results: Iterable[Any], lineage_record: Mapping[str, Any] | Non
         frame = result.metrics_dataframe
         if frame is None or frame.empty:
             continue
-        trial_id = str((result.metrics or {}).get("trial_id") or frame["trial_id"].iloc[0])
+        # its own rows name it; a trial stopped right after an exploit carries
+        # its donor's last metrics (and trial id) in result.metrics
+        trial_id = str(frame["trial_id"].iloc[-1])
         rows = {c: frame[c].to_numpy(dtype=float) for c in frame.columns
                 if is_numeric_dtype(frame[c]) or is_bool_dtype(frame[c])}
         members.append(Member(trial_id, trial_id, rows))
