@@ -183,8 +183,8 @@ def check(tracking_uri: str | None, run_id: str, experiment_path: str | None = N
     parent with the outcome and return the differences."""
     from pbtflow import tracking
 
-    tracking.end_orphans(tracking.load_experiment_record(tracking_uri, run_id)["client"], run_id)
     record = tracking.load_trial_records(tracking_uri, run_id)
+    tracking.end_orphans(record["client"], run_id)  # a driver killed hard left them RUNNING
     path = experiment_path or record["experiment_path"]
     if not path or not Path(path).is_dir():
         differences = [f"Ray's experiment folder {path!r} is not there to check against; pass "

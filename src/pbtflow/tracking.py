@@ -582,10 +582,7 @@ class TrialTracker(Callback):
             delivery = {"run_id": run_id, "kind": "json", "data": scrub(events),
                         "path": "pbt_events.json"}
             try:
-                if spill_to is None:
-                    send(self._client, delivery)
-                else:
-                    send_or_spill(self._client, delivery, spill_to)
+                send_or_spill(self._client, delivery, spill_to)
                 self._events_logged[trial_id] = len(events)
             except Exception as exc:  # MLflow away: sent (or spilled) at the end
                 log.warning("pbtflow: could not log the exploits of trial %s to MLflow yet (%s).",

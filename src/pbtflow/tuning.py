@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import tempfile
@@ -129,10 +130,10 @@ class PopulationStopper(ray_tune.Stopper):
         flat = flatten_dict(dict(result), delimiter="/")
         if flat.get("done") and names.TRAINING_ITERATION not in flat:
             return True  # a function that returned without reporting (see _TrainableWatch)
-        reported = ", ".join(sorted(k for k in flat if not k.startswith("config/"))[:12])
         for key, flag in ((self.time_attr, "time_attr"), (self.metric, "metric")):
             if key not in flat and not (key == self.metric and self.metric_pending is not None
                                         and self.metric_pending(flat)):
+                reported = ", ".join(sorted(k for k in flat if not k.startswith("config/"))[:12])
                 self.error = (f"{flag}: the trainable never reports {key!r} (it reported: "
                               f"{reported}, ...); pass --{flag.replace('_', '-')} with one of those.")
                 return True
@@ -263,8 +264,6 @@ def _why_waiting(trial) -> str:
 def _user_error(error_file: str | None) -> tuple[str, str]:
     """("at file:line in function ", "ExceptionType: message") of the last
     failure in Tune's error file: the deepest frame outside Ray and pbtflow."""
-    import re
-
     try:
         text = Path(error_file).read_text() if error_file else ""
     except OSError:
@@ -412,7 +411,9 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
     # parent run is opened.
     _check_storage(storage)
     tracking.check_reachable(tracking.resolve_tracking_uri(experiment))
-    if not ray.is_initialized() and not _joins_cluster():  # Ray would start on this machine
+    if ray.is_initialized():  # a Ray already running in this process: ask it
+        _check_resources(experiment)
+    elif not _joins_cluster():  # Ray would start on this machine
         _check_resources(experiment, {"CPU": os.cpu_count() or 1, "GPU": float("inf")})
     _init_ray()
     _check_resources(experiment)
