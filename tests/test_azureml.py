@@ -72,6 +72,19 @@ def test_every_flag_of_the_command_is_a_pbtflow_tune_flag(path):
     """The command, with the inputs filled in, parses with the real `pbtflow
     tune` parser and builds a valid Experiment."""
     raw = yaml.safe_load(path.read_text())
+    experiment = _experiment_of_job(raw)
+    plan = plan_cluster(experiment.population, experiment.num_env_runners if experiment.trainable
+                        == "ppo" else 0, experiment.cpus_per_env_runner,
+                        experiment.gpus_per_trial, cpus_per_trial_process=
+                        experiment.cpus_per_trial_process, vm_size=_vm_size(path),
+                        mode="round-robin" if "round-robin" in path.name else "parallel")
+    assert experiment.cpus_per_trial == plan.cpus_per_trial
+    assert raw["resources"]["instance_count"] == plan.instance_count
+
+
+def _experiment_of_job(raw: dict):
+    """What `pbtflow tune` builds from a job's command with its inputs filled in
+    (as Azure ML substitutes them into the shell command)."""
     command = re.sub(r"\$\{\{inputs\.(\w+)\}\}", lambda m: str(raw["inputs"][m.group(1)]),
                      raw["command"]).replace("${{outputs.checkpoints}}", "/mnt/checkpoints")
     python, script, *args = shlex.split(command)
@@ -80,14 +93,19 @@ def test_every_flag_of_the_command_is_a_pbtflow_tune_flag(path):
     assert flags and set(flags) <= azureml.tune_flags()
     parsed = build_parser().parse_args(["tune", *args])  # exits on an unknown flag
     overrides = {k: v for k, v in vars(parsed).items() if k not in ("command", "config")}
-    experiment = from_sources(None, overrides)
-    plan = plan_cluster(experiment.population, experiment.num_env_runners if experiment.trainable
-                        == "ppo" else 0, experiment.cpus_per_env_runner,
-                        experiment.gpus_per_trial, cpus_per_trial_process=
-                        experiment.cpus_per_trial_process, vm_size=_vm_size(path),
-                        mode="round-robin" if "round-robin" in path.name else "parallel")
-    assert experiment.cpus_per_trial == plan.cpus_per_trial
-    assert raw["resources"]["instance_count"] == plan.instance_count
+    return from_sources(None, overrides)
+
+
+@pytest.mark.parametrize("factors", ["1.1,0.9", "1.1 0.9", "[1.1, 0.9]"])
+def test_render_passes_the_pbt_options_to_the_job(tmp_path, capsys, factors):
+    out = tmp_path / "pbt-options.yml"
+    assert main(["aml", "render", "--population", "4", "--cpus-per-node", "8",
+                 "--set", "burn_in_period=6", "--set", f"perturbation_factors={factors}",
+                 "--set", "explore=my_explore:gentle", "-o", str(out)]) == 0
+    experiment = _experiment_of_job(yaml.safe_load(out.read_text()))
+    assert experiment.burn_in_period == 6.0
+    assert experiment.perturbation_factors == (1.1, 0.9)
+    assert experiment.explore == "my_explore:gentle"
 
 
 def _vm_size(path: Path) -> str:

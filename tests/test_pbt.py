@@ -1,13 +1,21 @@
-"""The mutation grammar and the explore function that repairs mutated PPO settings."""
+"""The mutation grammar, the explore function (pbtflow's clipping, the user's
+explore function, the trainable's repair) and Ray's PBT options on a real run,
+checked against Ray's own log and Tune's result rows."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from ray import tune
 
+import pbtflow
+from pbtflow import names
 from pbtflow.experiment import ExperimentError
-from pbtflow.pbt import bounds_of, check_mutations, flatten_keys, make_explore, to_mutation
+from pbtflow.pbt import ExploreError, bounds_of, check_mutations, flatten_keys, make_explore, to_mutation
 from pbtflow.trainables.ppo import CLUSTER, LAPTOP, repair
+from mlflow_checks import assert_record_is_true, runs_by_role
 
 
 def test_yaml_domains_become_tune_domains():
@@ -58,3 +66,127 @@ def test_repair_shrinks_the_minibatch_when_the_batch_bound_forbids_growing():
     config = {"num_epochs": 3, "minibatch_size": 900, "train_batch_size_per_learner": 1000}
     repair(config, {"train_batch_size_per_learner": (500, 1200)})
     assert config == {"num_epochs": 3, "minibatch_size": 600, "train_batch_size_per_learner": 1200}
+
+
+def test_users_explore_runs_after_the_clipping_and_before_the_repair():
+    mutations = check_mutations({"lr": {"uniform": [0.001, 0.1]}, "momentum": [0.0, 0.5, 0.9]})
+    seen = []
+
+    def users(config):
+        seen.append(("users", config["lr"]))
+        config["momentum"] = 0.9
+        return config
+
+    def trainables_repair(config, bounds):
+        seen.append(("repair", config["momentum"]))
+
+    config = make_explore(mutations, trainables_repair, users, "mine:users")(
+        {"lr": 0.5, "momentum": 0.0, "start": 1.0})
+    assert seen == [("users", 0.1), ("repair", 0.9)]  # lr clipped first; repair sees the user's
+    assert config == {"lr": 0.1, "momentum": 0.9, "start": 1.0}
+
+
+@pytest.mark.parametrize("users, words", [
+    (lambda c: None, "explore: 'mine:bad' must return the config dict, but returned NoneType"),
+    (lambda c: [c], "must return the config dict, but returned list"),
+    (lambda c: {**c, "start": 2.0}, "'mine:bad' changed start, which PBT does not mutate"),
+    (lambda c: {k: v for k, v in c.items() if k != "start"}, "changed start, which PBT"),
+    (lambda c: {**c, "model": {"depth": 3}}, "changed model.depth, which PBT"),
+])
+def test_a_users_explore_that_breaks_its_contract_is_named(users, words):
+    mutations = check_mutations({"lr": {"uniform": [0.001, 0.1]}, "opt": {"beta": [0.9, 0.99]}})
+    explore = make_explore(mutations, None, users, "mine:bad")
+    with pytest.raises(ExploreError) as error:
+        explore({"lr": 0.01, "opt": {"beta": 0.9}, "start": 1.0})
+    assert words in str(error.value) and str(error.value).count(". ") == 0
+
+
+def test_a_users_explore_may_change_nested_mutated_keys():
+    mutations = check_mutations({"opt": {"beta": [0.9, 0.99]}})
+
+    def users(config):
+        config["opt"]["beta"] = 0.99
+        return config
+
+    assert make_explore(mutations, None, users, "mine:ok")({"opt": {"beta": 0.9}}) == {
+        "opt": {"beta": 0.99}}
+
+
+CLIMB = dict(trainable="plain_trainables:climb", metric="height", population=2, stop_iters=10,
+             perturbation_interval=2, synch=True, quantile_fraction=0.5, resample_probability=0.0,
+             initial={"lr": 0.05, "momentum": 0.5, "start": 1.0},
+             mutations={"lr": {"uniform": [0.001, 0.1]}, "momentum": [0.0, 0.5, 0.9]}, seed=3)
+
+
+def _ray_log(results) -> list[list]:
+    text = (Path(results.experiment_path) / "pbt_global.txt").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_burn_in_factors_and_a_users_explore_on_a_real_run(ray_runtime, workdir):
+    """Burn-in 4 with a perturbation every 2 iterations: no member is ranked
+    before iteration 4; factors 1.1/0.9 (no resampling) move lr by exactly those
+    factors (or to a bound); the user's explore ties momentum to lr in every new
+    config; the MLflow record still agrees with Ray's log."""
+    results = pbtflow.tune(pbtflow.Experiment(**CLIMB, burn_in_period=4, perturbation_factors=(1.1, 0.9),
+                                              explore="user_trainables:momentum_follows_lr",
+                                              experiment_name="options"))
+    assert results.num_errors == 0
+    log = _ray_log(results)  # [target, donor, target iter, donor iter, donor config, new config]
+    assert len(log) >= 2, log
+    for _, _, _, _, old, new in log:
+        ratio = new["lr"] / old["lr"]
+        assert (math.isclose(ratio, 1.1) or math.isclose(ratio, 0.9)
+                or new["lr"] in (0.001, 0.1)), (old["lr"], new["lr"])
+        assert new["momentum"] == (0.9 if new["lr"] >= 0.05 else 0.5), new
+        assert new["start"] == 1.0
+    # Tune's own rows, recomputed: climb adds lr (1 + momentum) - 0.1 lr^2 per step,
+    # so every member follows its (shared) first config exactly through the burn-in.
+    step = 0.05 * 1.5 - 0.1 * 0.05 ** 2
+    followed = []
+    for result in results:
+        frame = result.metrics_dataframe.set_index("training_iteration")
+        assert [frame.loc[i, "height"] for i in range(1, 5)] == pytest.approx(
+            [i * step for i in range(1, 5)], rel=1e-12)
+        followed.append(frame["height"].to_numpy() == pytest.approx(step * frame.index.to_numpy()))
+    assert not all(followed)  # and PBT did act after it
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parents, _ = runs_by_role(client, "options")
+    params = parents[0].data.params
+    assert (params["burn_in_period"], params["explore"]) == ("4.0", "user_trainables:momentum_follows_lr")
+    assert params["perturbation_factors"] in ("(1.1, 0.9)", "[1.1, 0.9]")
+    assert assert_record_is_true(client, parents[0].info.run_id, results)["exploits"] == len(log)
+
+
+@pytest.mark.parametrize("explore, words", [
+    ("explore_returns_nothing", "must return the config dict, but returned NoneType"),
+    ("explore_changes_a_constant", "changed start, which PBT does not mutate"),
+])
+def test_a_broken_explore_fails_the_experiment_in_one_sentence(ray_runtime, workdir, explore, words):
+    path = f"user_trainables:{explore}"
+    with pytest.raises(ExperimentError) as error:
+        pbtflow.tune(pbtflow.Experiment(**CLIMB, explore=path, experiment_name="broken"))
+    message = str(error.value)
+    assert message.startswith(f"explore: {path!r} ") and words in message, message
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parents, children = runs_by_role(client, "broken")
+    assert parents[0].info.status == "FAILED" and parents[0].data.tags[names.ERROR] == message
+    assert len(children) == 2 and all(c.info.status != "RUNNING" for c in children)
+    assert all(c.data.metrics["height"] > 0 for c in children)  # what was recorded stays
+
+
+@pytest.mark.parametrize("path, words", [
+    ("no_such_module:explore", "explore: 'no_such_module' must be an importable module, but got "
+                               "explore='no_such_module:explore' (ModuleNotFoundError"),
+    ("user_trainables:NOT_A_FUNCTION", "explore: 'user_trainables:NOT_A_FUNCTION' must name a "
+                                       "function taking the config dict, but got a int"),
+    ("user_trainables:explore_two_arguments", "must accept exactly one argument (the config dict)"),
+])
+def test_a_bad_explore_path_fails_before_ray_in_one_sentence(path, words, workdir, monkeypatch):
+    from pbtflow import tuning
+
+    monkeypatch.setattr(tuning, "_init_ray", lambda: pytest.fail("reached Ray"))
+    with pytest.raises(ExperimentError) as error:
+        pbtflow.tune(pbtflow.Experiment(**CLIMB, explore=path))
+    assert words in str(error.value) and str(error.value).count(". ") == 0, str(error.value)
+    assert not (workdir / "mlflow.db").exists()

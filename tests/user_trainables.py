@@ -61,3 +61,22 @@ def blocking(config):
     while run.step <= 3:
         run.report({"score": float(config["x"]) * run.step})
     time.sleep(3600)
+
+
+def momentum_follows_lr(config):
+    """An explore function: a user's rule tying two mutated values together."""
+    config["momentum"] = 0.9 if config["lr"] >= 0.05 else 0.5
+    return config
+
+
+def explore_returns_nothing(config):
+    config["lr"] = 0.05
+
+
+def explore_changes_a_constant(config):
+    config["start"] = 3.0
+    return config
+
+
+def explore_two_arguments(config, rng):
+    return config

@@ -29,7 +29,9 @@ def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
         else:
             # Values stay strings here: the Experiment converts and validates
             # them, so a flag and a YAML key fail with the same message.
-            parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=argparse.SUPPRESS,
+            several = str(f.type).startswith("tuple")
+            parser.add_argument(flag, dest=f.name, metavar=f.metadata.get("metavar", f.name.upper()),
+                                nargs="+" if several else None, default=argparse.SUPPRESS,
                                 help=help_text)
 
 

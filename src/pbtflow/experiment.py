@@ -64,6 +64,19 @@ class Experiment:
                                               "instead of perturbing it, in [0, 1].",
         invalid=("2",))
     synch: bool | None = _opt(None, "Synchronous PBT: wait for every member before exploiting.")
+    burn_in_period: float = _opt(0.0, "No member is ranked, copied or copied from before this many "
+                                 "time_attr units (PPO's first iterations are too noisy to rank).",
+        invalid=("-1", "100"))
+    perturbation_factors: tuple = _opt((1.2, 0.8), "The two factors PBT multiplies a continuous "
+                                       "value by when it perturbs it instead of resampling, one "
+                                       "above 1 and one below (e.g. 1.1 0.9 for gentler steps).",
+                                       shown_default="1.2 0.8", metavar="FACTOR",
+        invalid=("1.2", "1.2,1.1", "0,0.8", "1.2,0.8,0.9", "big,small"))
+    explore: str | None = _opt(None, "Your own explore function as 'package.module:function': it "
+                               "takes the config PBT perturbed and pbtflow clipped to the mutation "
+                               "bounds, returns it changed (mutated keys only), and runs before the "
+                               "trainable's own repair.", shown_default="none",
+        invalid=("not a path", "no_such_module:explore"))
     preset: str = _opt("laptop", "Search-space preset: 'laptop' (small batches, 2 CPU cores) or "
                        "'cluster' (DESIGN.md's reference space); PPO only.", only="ppo",
         invalid=("tiny",))
@@ -182,6 +195,19 @@ class Experiment:
         _check(self.stall_timeout is None or self.stall_timeout > 0, "stall_timeout",
                f"must be a positive number of seconds, but got stall_timeout={self.stall_timeout}; "
                "leave it out to only report a stall")
+        _check(self.burn_in_period >= 0, "burn_in_period",
+               f"must be 0 or more {self.time_attr} units, but got burn_in_period={self.burn_in_period:g}")
+        if self.time_attr == "training_iteration":
+            _check(self.burn_in_period < self.stop_iters, "burn_in_period",
+                   f"must end before the members stop (stop_iters={self.stop_iters}), but got "
+                   f"burn_in_period={self.burn_in_period:g}, so PBT would never exploit; lower it")
+        low, high = sorted(self.perturbation_factors)
+        _check(low > 0 and low < 1 < high, "perturbation_factors",
+               "must be two positive factors, one above 1 and one below (e.g. 1.2 0.8), but got "
+               + " ".join(f"{v:g}" for v in self.perturbation_factors))
+        if self.explore is not None:
+            _check(bool(_TRAINABLE_PATH.match(self.explore)), "explore",
+                   f"must be 'package.module:function', but got explore={self.explore!r}")
         if self.checkpoint_interval is not None:
             _check(self.checkpoint_interval >= 1, "checkpoint_interval",
                    f"must be at least 1, but got checkpoint_interval={self.checkpoint_interval}")
@@ -267,6 +293,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return None
         raise ExperimentError(f"{f.name}: a value is required; remove the key to use the default "
                               f"({f.default!r}).")
+    if kind.startswith("tuple"):  # two numbers: [1.2, 0.8], or a flag's "1.2 0.8" / "1.2,0.8"
+        return _two_numbers(f, value)
     try:
         if kind.startswith("bool"):
             if isinstance(value, bool):
@@ -294,6 +322,21 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         raise ExperimentError(f"{f.name}: expected {wanted}, but got {value!r}; "
                               f"{f.metadata.get('help', '')}".rstrip("; ")) from None
     return value
+
+
+def _two_numbers(f: dataclasses.Field, value: Any) -> tuple[float, float]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    words = [w for v in items for w in re.split(r"[\s,\[\]()]+", str(v)) if w]
+    try:
+        if any(isinstance(v, bool) for v in items):
+            raise ValueError
+        numbers = tuple(float(w) for w in words)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 2 or not all(math.isfinite(n) for n in numbers):
+        raise ExperimentError(f"{f.name}: expected two numbers (e.g. 1.2 0.8), but got "
+                              f"{' '.join(words) or repr(value)}; {f.metadata['help']}")
+    return numbers
 
 
 # -- loading -------------------------------------------------------------------------

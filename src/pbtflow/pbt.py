@@ -141,11 +141,62 @@ def bounds_of(mutation: Any) -> tuple[float, float, bool] | None:
     return None
 
 
+class ExploreError(ExperimentError):
+    """The user's explore function broke its contract; the message names it."""
+
+
+def _leaves(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # e.g. arrays: compare what they print
+        return repr(a) == repr(b)
+
+
+def _users_explore(function: Callable[[dict], Any], name: str,
+                   mutated: list[str]) -> Callable[[dict], dict]:
+    """``function`` with its contract enforced: it returns the config dict and
+    changes mutated keys only (anything else would leave the record)."""
+    def mutable(key: str) -> bool:
+        return any(key == m or key.startswith(m + ".") for m in mutated)
+
+    def explore(config: dict) -> dict:
+        before = _leaves(copy.deepcopy(config))
+        result = function(config)
+        if not isinstance(result, dict):
+            raise ExploreError(
+                f"explore: {name!r} must return the config dict, but returned "
+                f"{type(result).__name__}; return the config it was given, changed or not.")
+        after = _leaves(result)
+        changed = sorted(k for k in before.keys() | after.keys() if not mutable(k) and (
+            k not in before or k not in after or not _same(before[k], after[k])))
+        if changed:
+            raise ExploreError(
+                f"explore: {name!r} changed {', '.join(changed)}, which PBT does not mutate; change "
+                f"only the mutated keys ({', '.join(mutated)}) or add those keys to the mutations.")
+        return result
+
+    return explore
+
+
 def make_explore(mutations: Mapping[str, Any],
-                 repair: Callable[[dict, dict], None] | None = None) -> Callable[[dict], dict]:
+                 repair: Callable[[dict, dict], None] | None = None,
+                 users: Callable[[dict], Any] | None = None,
+                 users_name: str = "") -> Callable[[dict], dict]:
     """An explore function that puts every mutated value back inside its
-    mutation's bounds (PBT's x0.8/x1.2 perturbation can leave them) and then
-    lets the trainable repair what depends on several values."""
+    mutation's bounds (PBT's perturbation factors can leave them), then runs
+    the user's explore function (``users``, named ``users_name``), then lets the
+    trainable repair what depends on several values."""
+    users = _users_explore(users, users_name, flatten_keys(mutations)) if users else None
     bounds = {}
     for key in flatten_keys(mutations):
         found = bounds_of(get_path(mutations, key))
@@ -163,6 +214,8 @@ def make_explore(mutations: Mapping[str, Any],
                 number = low  # unusable value: fall back to the lower bound
             number = min(max(number, low), high)
             _set_path(config, key, int(round(number)) if is_int else number)
+        if users is not None:
+            config = users(config)
         if repair is not None:
             repair(config, {k: (lo, hi) for k, (lo, hi, _) in bounds.items()})
         return config
@@ -183,6 +236,10 @@ class RecordingPBT(PopulationBasedTraining):
         self.events: list[dict[str, Any]] = []  # exploits
         self.changes = self.events  # every config change of a member is an exploit
         self.mutated_keys = flatten_keys(self._hyperparam_mutations)
+        # pbtflow's PopulationStopper: a broken user explore function stops the
+        # population through it with one sentence (an exception raised here
+        # would reach the user as Tune's wrapped traceback).
+        self.stopper: Any = None
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if self._metric not in result or self._time_attr not in result:
@@ -195,7 +252,13 @@ class RecordingPBT(PopulationBasedTraining):
         before = {k: get_path(trial.config, k) for k in self.mutated_keys}
         step = (state.last_result or {}).get("training_iteration")  # the result that decided
         at = state.last_train_time
-        super()._exploit(tune_controller, trial, trial_to_clone)
+        try:
+            super()._exploit(tune_controller, trial, trial_to_clone)
+        except ExploreError as exc:  # raised before Ray changed the trial
+            if self.stopper is None:
+                raise
+            self.stopper.error = str(exc)
+            return
         self.events.append({
             "trial_id": trial.trial_id,
             "donor_id": trial_to_clone.trial_id,
@@ -248,16 +311,21 @@ class ScheduleReplay(PopulationBasedTrainingReplay):
 
 
 def build_scheduler(experiment: Experiment, metric: str, mutations: Mapping[str, Any],
-                    repair: Callable[[dict, dict], None] | None = None) -> RecordingPBT:
+                    repair: Callable[[dict, dict], None] | None = None,
+                    explore: Callable[[dict], Any] | None = None) -> RecordingPBT:
+    """Ray's PBT with every option of the experiment; ``explore`` is the user's
+    explore function (``experiment.explore``, already imported)."""
     mutations = check_mutations(copy.deepcopy(dict(mutations)))
     return RecordingPBT(
         time_attr=experiment.time_attr,
         metric=metric,
         mode=experiment.mode,
         perturbation_interval=experiment.perturbation_interval,
+        burn_in_period=experiment.burn_in_period,
         quantile_fraction=experiment.quantile_fraction,
         resample_probability=experiment.resample_probability,
+        perturbation_factors=tuple(experiment.perturbation_factors),
         hyperparam_mutations=mutations,
-        custom_explore_fn=make_explore(mutations, repair),
+        custom_explore_fn=make_explore(mutations, repair, explore, experiment.explore or ""),
         synch=experiment.synch,
     )

@@ -28,8 +28,9 @@ from ray.tune.utils import flatten_dict
 
 from pbtflow import baselines, lineage, names, record_check, tracking, trainables
 from pbtflow.experiment import Experiment, ExperimentError
-from pbtflow.pbt import ScheduleReplay, build_scheduler, flatten_keys
+from pbtflow.pbt import RecordingPBT, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
+from pbtflow.trainables.function import load as load_users_function
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "pbtflow_results"
@@ -398,7 +399,8 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         scheduler = ScheduleReplay(replay["schedule_file"], spec.param_space)
         spec.param_space = scheduler.config  # the schedule's initial, complete config
     else:
-        scheduler = build_scheduler(experiment, metric, spec.mutations, spec.repair)
+        explore = load_users_function(experiment.explore, "explore") if experiment.explore else None
+        scheduler = build_scheduler(experiment, metric, spec.mutations, spec.repair, explore)
     mutated = flatten_keys(spec.mutations)
     constants = sorted((set(flatten_keys(experiment.initial or {})) | set(spec.hyperparameters))
                        - set(mutated))
@@ -535,6 +537,8 @@ def _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent, 
                                     experiment.time_attr)
     stopper = PopulationStopper(metric, experiment.mode, experiment.stop_iters,
                                 experiment.stop_return, experiment.time_attr, spec.metric_pending)
+    if isinstance(scheduler, RecordingPBT):
+        scheduler.stopper = stopper
     return ray_tune.Tuner(
         spec.trainable,
         param_space=spec.param_space,

@@ -20,9 +20,9 @@ from pbtflow.pbt import check_initial_in_range, check_mutations, is_domain, to_m
 from pbtflow.trainables import TrainableSpec
 
 
-def load(path: str) -> Callable[[dict], Any]:
+def load(path: str, setting: str = "trainable") -> Callable[[dict], Any]:
     """Import ``package.module:function`` and check that it can take a config;
-    fail with one sentence otherwise (before Ray starts)."""
+    fail with one sentence naming ``setting`` otherwise (before Ray starts)."""
     module_name, _, attr = path.partition(":")
     if "" not in sys.path and os.getcwd() not in sys.path:
         # `python src/tune_ppo.py` puts src/ on the path, not the folder it runs
@@ -32,7 +32,7 @@ def load(path: str) -> Callable[[dict], Any]:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or an error raised while importing it
         raise ExperimentError(
-            f"trainable: {module_name!r} must be an importable module, but got trainable={path!r} "
+            f"{setting}: {module_name!r} must be an importable module, but got {setting}={path!r} "
             f"({type(exc).__name__}: {exc}); run from the folder that holds it, add that folder to "
             "PYTHONPATH, or pip install your package.") from None
     function = getattr(module, attr, None)
@@ -40,17 +40,17 @@ def load(path: str) -> Callable[[dict], Any]:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                         and getattr(v, "__module__", None) == module.__name__)
         raise ExperimentError(
-            f"trainable: module {module_name!r} must define {attr!r}, but got trainable={path!r}; "
+            f"{setting}: module {module_name!r} must define {attr!r}, but got {setting}={path!r}; "
             f"its functions are: {', '.join(public) or 'none'}.")
     if not callable(function) or inspect.isclass(function):
         raise ExperimentError(
-            f"trainable: {path!r} must name a function taking the config dict, but got a "
+            f"{setting}: {path!r} must name a function taking the config dict, but got a "
             f"{type(function).__name__}; point it at a `def {attr}(config): ...`.")
     try:
         inspect.signature(function).bind({})
     except TypeError:
         raise ExperimentError(
-            f"trainable: {path!r} must accept exactly one argument (the config dict), but got "
+            f"{setting}: {path!r} must accept exactly one argument (the config dict), but got "
             f"{attr}{inspect.signature(function)}; define it as `def {attr}(config): ...`.") from None
     except ValueError:  # builtins without a signature: let Tune try
         pass
