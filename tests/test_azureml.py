@@ -35,9 +35,10 @@ _NO_NETWORK = textwrap.dedent("""
 """)
 
 
-def test_the_three_jobs_and_an_environment_are_shipped():
-    assert [p.name for p in JOBS] == ["ppo-parallel.yml", "ppo-round-robin.yml", "quadratic-smoke.yml"]
-    assert [p.name for p in ENVIRONMENTS] == ["cpu.yml"]
+def test_the_jobs_and_environments_are_shipped():
+    assert [p.name for p in JOBS] == ["ppo-gpu.yml", "ppo-parallel.yml", "ppo-round-robin.yml",
+                                      "quadratic-smoke.yml"]
+    assert [p.name for p in ENVIRONMENTS] == ["cpu.yml", "gpu.yml"]
 
 
 # -- the shipped specs ---------------------------------------------------------------
@@ -249,9 +250,38 @@ def test_gpu_trials_count_gpus_per_node():
     with pytest.raises(ExperimentError, match="gpus_per_trial: one trial needs 1 GPUs, but a "
                        "Standard_D16s_v3 node has 0"):
         plan_cluster(2, 1, gpus_per_trial=1, vm_size="Standard_D16s_v3")
-    assert plan_cluster(4, 1, gpus_per_trial=1, vm_size="Standard_NC6s_v3").instance_count == 4
-    half = plan_cluster(4, 1, gpus_per_trial=0.5, vm_size="Standard_NC6s_v3")
+    assert plan_cluster(4, 1, gpus_per_trial=1, vm_size="Standard_NC16as_T4_v3").instance_count == 4
+    half = plan_cluster(4, 1, gpus_per_trial=0.5, vm_size="Standard_NC16as_T4_v3")
     assert (half.trials_per_node, half.instance_count) == (2, 2)  # GPUs, not CPUs, limit it
+
+
+def test_a_retired_vm_size_is_refused_with_current_ones_named():
+    with pytest.raises(ExperimentError) as error:
+        plan_cluster(4, 1, gpus_per_trial=1, vm_size="Standard_NC6s_v3")
+    assert str(error.value).startswith("vm_size: Standard_NC6s_v3 cannot be created any more (the "
+                                       "NCv3 series was retired by Azure on 2025-09-30)")
+    assert "Standard_NC4as_T4_v3" in str(error.value) and "Standard_NC6s_v3" not in azureml.VM_SIZES
+
+
+def test_every_gpu_family_is_in_the_table_with_its_gpus():
+    gpus = {name: size.gpus for name, size in azureml.VM_SIZES.items() if size.gpus}
+    for family in ("T4_v3", "A100_v4", "H100_v5"):
+        assert any(name.endswith(family) for name in gpus), family
+    assert gpus["Standard_ND96isr_H100_v5"] == 8 and gpus["Standard_NC4as_T4_v3"] == 1
+
+
+def test_a_gpu_job_renders_against_the_gpu_environment_and_cluster(tmp_path):
+    out = tmp_path / "gpu.yml"
+    assert main(["aml", "render", "--population", "4", "--gpus-per-trial", "0.5",
+                 "--vm-size", "Standard_NC24ads_A100_v4", "-o", str(out)]) == 0
+    raw = yaml.safe_load(out.read_text())
+    assert (raw["environment"], raw["compute"]) == (azureml.GPU_ENVIRONMENT, "azureml:gpu-cluster")
+    assert _experiment_of_job(raw).gpus_per_trial == 0.5
+    cpu = tmp_path / "cpu.yml"
+    assert main(["aml", "render", "--population", "4", "--vm-size", "Standard_D8s_v5",
+                 "-o", str(cpu)]) == 0
+    raw = yaml.safe_load(cpu.read_text())
+    assert (raw["environment"], raw["compute"]) == (azureml.CPU_ENVIRONMENT, "azureml:cpu-cluster")
 
 
 def test_unknown_vm_size_asks_for_cpus_per_node():
@@ -417,3 +447,21 @@ def test_a_smoke_job_keeps_the_plans_population(capsys):
     assert main(["aml", "render", "--population", "4", "--cpus-per-node", "8", "--set", "smoke=true"]) == 0
     text = capsys.readouterr().out
     assert "  population: 4\n" in text and "--smoke" in text
+
+
+def test_node_rank_is_read_from_the_runtimes_variables(monkeypatch):
+    from pbtflow.tuning import follower_rank
+
+    for name in azureml.NODE_RANK_ENVS + ("RAY_ADDRESS", "AZUREML_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert azureml.node_rank() is None
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert azureml.node_rank() == ("NODE_RANK", 1)
+    assert follower_rank() is None  # outside a cluster job a leftover rank means nothing
+    monkeypatch.setenv("AZUREML_RUN_ID", "job-1")
+    assert follower_rank() == ("NODE_RANK", 1)
+    monkeypatch.setenv("AZUREML_CR_NODE_RANK", "0")  # Azure ML's own variable comes first
+    assert follower_rank() is None
+    monkeypatch.setenv("AZUREML_CR_NODE_RANK", "head")
+    with pytest.raises(ExperimentError, match=r"^AZUREML_CR_NODE_RANK: must be a node rank"):
+        azureml.node_rank()

@@ -162,3 +162,49 @@ def test_population_trains_on_both_nodes_tracked_under_one_parent(cluster, tmp_p
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 2
     assert all(c.data.tags[names.PARENT_RUN_ID] == parents[0].info.run_id for c in children)
+
+
+def test_the_entry_point_drives_on_the_head_only(tmp_path):
+    """Azure ML may run the job's command on every node: the head (rank 0)
+    drives the population; on the other node the same command touches neither
+    MLflow nor the storage, waits for the head's Ray to stop, and exits 0."""
+    two = LocalRayCluster()
+    try:
+        two.start_head()
+        two.add_worker()
+        (tmp_path / "head").mkdir()
+        (tmp_path / "worker").mkdir()
+        command = [sys.executable, str(ENTRY), "--trainable", "quadratic", "--stop-iters", "8",
+                   "--cpus-per-trial-process", "1", "--experiment-name", "ranks",
+                   "--storage-path", str(tmp_path / "shared-storage")]
+        base = dict(two.env, RAY_ADDRESS=two.address, PBTFLOW_RAY_NODES="2",
+                    PBTFLOW_RAY_NODES_TIMEOUT="120")
+        follower = subprocess.Popen(
+            command, cwd=tmp_path / "worker", text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(base, AZUREML_CR_NODE_RANK="1",
+                     MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'worker.db'}"))
+        uri = f"sqlite:///{tmp_path / 'head.db'}"
+        head = subprocess.run(command, cwd=tmp_path / "head", capture_output=True, text=True,
+                              timeout=600, env=dict(base, AZUREML_CR_NODE_RANK="0",
+                                                    MLFLOW_TRACKING_URI=uri))
+        assert head.returncode == 0, head.stderr[-4000:] + two.log_tail()
+        assert "pbtflow: joined the Ray cluster at " in head.stderr
+        assert ": 2 nodes, 2 CPUs, 0 GPUs" in head.stderr
+        assert follower.poll() is None, "the other node waits while the head's Ray runs"
+    finally:
+        two.stop()
+    try:
+        out, _ = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGKILL)
+    assert follower.returncode == 0, out[-3000:]
+    assert "AZUREML_CR_NODE_RANK=1: not the head node" in out
+    assert "has stopped; this node is done." in out
+    assert not (tmp_path / "worker.db").exists(), "the other node never touched MLflow"
+    assert sorted(p.name for p in (tmp_path / "worker").iterdir()) == []
+    parents, children = runs_by_role(MlflowClient(uri), "ranks")
+    assert len(parents) == 1 and len(children) == 2
+    assert [p.name for p in (tmp_path / "shared-storage").iterdir()] == \
+        [Path(parents[0].data.tags[names.STORAGE]).name]

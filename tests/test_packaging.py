@@ -1,6 +1,6 @@
 """conda.yml (the Azure ML environment) installs what pyproject.toml declares:
-the same runtime dependencies with the same lower bounds, plus the Azure ML
-packages at the bounds of the `azure` extra."""
+every runtime dependency, pinned (or bounded) inside pyproject's range, plus
+the Azure ML packages inside the bounds of their extras."""
 
 import tomllib
 
@@ -10,12 +10,7 @@ from packaging.specifiers import SpecifierSet
 
 from conftest import REPO
 
-AZURE_ML = {"azureml-mlflow", "azure-ai-ml"}
-
-
-def _lower_bound(spec: SpecifierSet) -> str | None:
-    bounds = [s.version for s in spec if s.operator in (">=", "==", "~=")]
-    return bounds[0] if len(bounds) == 1 else None
+AZURE_ML = {"azureml-mlflow": "azureml-tracking", "azure-ai-ml": "azure"}
 
 
 def _by_name(lines) -> dict[str, Requirement]:
@@ -30,21 +25,28 @@ def _conda_pip() -> dict[str, Requirement]:
     return _by_name(line for line in pip[0] if not line.startswith("-"))
 
 
-def test_conda_yml_installs_the_runtime_dependencies_of_pyproject():
+def _version(req: Requirement) -> str:
+    """The version a requirement pins, or the lower bound it gives."""
+    bounds = [s.version for s in req.specifier if s.operator in ("==", "===", ">=")]
+    assert len(bounds) == 1, f"{req} needs one pin or one lower bound"
+    return bounds[0]
+
+
+def test_conda_yml_pins_the_runtime_dependencies_inside_pyprojects_ranges():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     runtime = _by_name(project["dependencies"])
-    azure_extra = _by_name(project["optional-dependencies"]["azure"])
+    extras = project["optional-dependencies"]
     conda = _conda_pip()
 
-    assert set(conda) == set(runtime) | AZURE_ML
+    assert set(conda) == set(runtime) | set(AZURE_ML)
     for name, req in runtime.items():
         assert conda[name].extras == req.extras, name
-        assert _lower_bound(conda[name].specifier) == _lower_bound(req.specifier), name
-        assert conda[name].specifier == req.specifier, name  # upper bounds too
-    for name in AZURE_ML:
-        assert _lower_bound(conda[name].specifier) == _lower_bound(azure_extra[name].specifier), name
-    for name, req in {**runtime, **conda}.items():
-        assert _lower_bound(req.specifier) is not None, f"{name} needs a lower bound"
+        assert req.specifier.contains(_version(conda[name]), prereleases=True), (name, str(conda[name]))
+    for name, extra in AZURE_ML.items():
+        bound = _by_name(extras[extra])[name]
+        assert bound.specifier.contains(_version(conda[name]), prereleases=True), name
+    for name in ("ray", "mlflow", "azureml-mlflow", "torch", "gymnasium"):  # the tested set
+        assert str(conda[name].specifier).startswith("=="), f"{name} must be pinned in conda.yml"
 
 
 def test_conda_python_satisfies_requires_python():

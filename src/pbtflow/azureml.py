@@ -29,6 +29,13 @@ MODES = ("parallel", "round-robin")
 # Ray nodes are alive before tuning (pbtflow.tuning._init_ray).
 RAY_NODES_ENV = "PBTFLOW_RAY_NODES"
 RAY_NODES_TIMEOUT_ENV = "PBTFLOW_RAY_NODES_TIMEOUT"  # seconds, default 600
+# What tells a node of a job its rank. Azure ML does not document what a Ray
+# distribution runs on each node; if it runs the command on every node, as it
+# does for MPI and PyTorch, only rank 0 may drive the population. The names:
+# AZUREML_CR_NODE_RANK (Azure ML's runtime, used by azureml-examples),
+# NODE_RANK (documented for PyTorch jobs), OMPI_COMM_WORLD_RANK (MPI jobs, one
+# process per node).
+NODE_RANK_ENVS = ("AZUREML_CR_NODE_RANK", "NODE_RANK", "OMPI_COMM_WORLD_RANK")
 JOB_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
 ENTRY_SCRIPT = "tune_ppo.py"
 STORAGE_OUTPUT = "checkpoints"
@@ -43,22 +50,65 @@ class VmSize:
     memory_gib: int
 
 
-# Source: the Azure VM size documentation (learn.microsoft.com/azure/virtual-machines/sizes),
-# series DSv2, Dsv3, Fsv2, NCv3 and NC A100 v4. The sizing assumes that Ray, which counts a
-# node's CPUs at `ray start`, sees all of its vCPUs (a dedicated Azure ML node).
+# Sources: the Azure VM size pages, learn.microsoft.com/azure/virtual-machines/sizes/<page>
+# (vCPUs, memory GiB, GPUs per size). The sizing assumes that Ray, which counts a node's CPUs
+# at `ray start`, sees all of its vCPUs (a dedicated Azure ML node).
 VM_SIZES: dict[str, VmSize] = {
+    # general-purpose/dsv5-series (current)
+    "Standard_D4s_v5": VmSize(cpus=4, gpus=0, memory_gib=16),
+    "Standard_D8s_v5": VmSize(cpus=8, gpus=0, memory_gib=32),
+    "Standard_D16s_v5": VmSize(cpus=16, gpus=0, memory_gib=64),
+    "Standard_D32s_v5": VmSize(cpus=32, gpus=0, memory_gib=128),
+    # general-purpose/dsv2-series, dsv3-series, compute-optimized/fsv2-series: still running,
+    # but end of life (retirement planned 2028-2029, sizes/lifecycle/retirements-and-capacity-
+    # restrictions) and closed to new subscriptions since July 2026
     "Standard_DS3_v2": VmSize(cpus=4, gpus=0, memory_gib=14),
     "Standard_D4s_v3": VmSize(cpus=4, gpus=0, memory_gib=16),
     "Standard_D8s_v3": VmSize(cpus=8, gpus=0, memory_gib=32),
     "Standard_D16s_v3": VmSize(cpus=16, gpus=0, memory_gib=64),
     "Standard_F16s_v2": VmSize(cpus=16, gpus=0, memory_gib=32),
-    "Standard_NC6s_v3": VmSize(cpus=6, gpus=1, memory_gib=112),  # 1x V100
-    "Standard_NC24ads_A100_v4": VmSize(cpus=24, gpus=1, memory_gib=220),  # 1x A100 80GB
+    # gpu-accelerated/ncast4v3-series: NVIDIA T4 16 GB
+    "Standard_NC4as_T4_v3": VmSize(cpus=4, gpus=1, memory_gib=28),
+    "Standard_NC8as_T4_v3": VmSize(cpus=8, gpus=1, memory_gib=56),
+    "Standard_NC16as_T4_v3": VmSize(cpus=16, gpus=1, memory_gib=110),
+    "Standard_NC64as_T4_v3": VmSize(cpus=64, gpus=4, memory_gib=440),
+    # gpu-accelerated/nca100v4-series: NVIDIA A100 80 GB PCIe
+    "Standard_NC24ads_A100_v4": VmSize(cpus=24, gpus=1, memory_gib=220),
+    "Standard_NC48ads_A100_v4": VmSize(cpus=48, gpus=2, memory_gib=440),
+    "Standard_NC96ads_A100_v4": VmSize(cpus=96, gpus=4, memory_gib=880),
+    # gpu-accelerated/ndasra100v4-series and ndma100v4-series: 8x A100 40 GB / 80 GB
+    "Standard_ND96asr_v4": VmSize(cpus=96, gpus=8, memory_gib=900),
+    "Standard_ND96amsr_A100_v4": VmSize(cpus=96, gpus=8, memory_gib=1900),
+    # gpu-accelerated/ncadsh100v5-series: NVIDIA H100 NVL 94 GB
+    "Standard_NC40ads_H100_v5": VmSize(cpus=40, gpus=1, memory_gib=320),
+    "Standard_NC80adis_H100_v5": VmSize(cpus=80, gpus=2, memory_gib=640),
+    # gpu-accelerated/ndh100v5-series: 8x H100 80 GB
+    "Standard_ND96isr_H100_v5": VmSize(cpus=96, gpus=8, memory_gib=1900),
 }
+# Sizes Azure has retired (sizes/lifecycle/retirements-and-capacity-restrictions).
+RETIRED_VM_SIZES = {name: "the NCv3 series was retired by Azure on 2025-09-30"
+                    for name in ("Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3",
+                                 "Standard_NC24rs_v3")}
+CPU_ENVIRONMENT = "azureml:pbtflow-cpu@latest"  # environments/cpu.yml
+GPU_ENVIRONMENT = "azureml:pbtflow-gpu@latest"  # environments/gpu.yml
 
 
 def _fail(key: str, message: str) -> NoReturn:
     raise ExperimentError(f"{key}: {message}.")
+
+
+def node_rank() -> tuple[str, int] | None:
+    """(variable, rank) of this node in a multi-node job, or None outside one."""
+    import os
+
+    for name in NODE_RANK_ENVS:
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            if not raw.isdigit():
+                _fail(name, f"must be a node rank (0, 1, ...), but got {raw!r}; unset it outside "
+                      "a multi-node job")
+            return name, int(raw)
+    return None
 
 
 def find_vm_size(name: str) -> tuple[str, VmSize] | None:
@@ -159,6 +209,11 @@ def plan_cluster(population: int, num_env_runners: int = 0, cpus_per_env_runner:
               f"{cpus_per_node}; keep one of them")
     if vm_size is not None:
         found = find_vm_size(vm_size)
+        retired = next((why for name, why in RETIRED_VM_SIZES.items()
+                        if name.lower() == vm_size.strip().lower()), None)
+        if retired:
+            _fail("vm_size", f"{vm_size} cannot be created any more ({retired}); pick a current "
+                  "GPU size such as Standard_NC4as_T4_v3 (T4) or Standard_NC24ads_A100_v4 (A100)")
         if found is None:
             _fail("vm_size", f"{vm_size!r} is not in pbtflow's table of VM sizes "
                   f"({', '.join(VM_SIZES)}); pass its vCPUs as --cpus-per-node N "
@@ -187,7 +242,7 @@ def plan_cluster(population: int, num_env_runners: int = 0, cpus_per_env_runner:
     if gpus_per_trial > gpus_per_node + 1e-9:
         _fail("gpus_per_trial", f"one trial needs {gpus_per_trial:g} GPUs, but a {label} node has "
               f"{gpus_per_node}: a trial larger than one node cannot be placed; pick a GPU "
-              "--vm-size (e.g. Standard_NC6s_v3) or lower --gpus-per-trial")
+              "--vm-size (e.g. Standard_NC4as_T4_v3) or lower --gpus-per-trial")
     per_node = math.floor(cpus_per_node / cpus_per_trial + 1e-9)
     if gpus_per_trial > 0:
         per_node = min(per_node, math.floor(gpus_per_node / gpus_per_trial + 1e-9))
@@ -230,8 +285,8 @@ class JobOptions:
     env: str = "CartPole-v1"
     preset: str = "cluster"
     settings: Mapping[str, Any] | None = None
-    compute: str = "cpu-cluster"
-    environment: str = "azureml:pbtflow-cpu@latest"
+    compute: str | None = None  # default: cpu-cluster, or gpu-cluster when trials use GPUs
+    environment: str | None = None  # default: the CPU or GPU environment, likewise
     experiment_name: str = "pbtflow"
     display_name: str | None = None
     shm_size: str | None = None
@@ -283,6 +338,8 @@ def job_spec(plan: SizingPlan, options: JobOptions = JobOptions()) -> dict[str, 
     """The command job as a dict, in azureml-examples key order. Every setting
     is an input passed as a flag; booleans (no value to pass) are plain flags."""
     settings = _tune_settings(plan, options)
+    gpu = plan.gpus_per_trial > 0
+    compute = options.compute or ("gpu-cluster" if gpu else "cpu-cluster")
     inputs = {k: v for k, v in settings.items() if not isinstance(v, bool)}
     flags = [f"--{k.replace('_', '-')} ${{{{inputs.{k}}}}}" for k in inputs]
     flags += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in settings.items()
@@ -299,9 +356,8 @@ def job_spec(plan: SizingPlan, options: JobOptions = JobOptions()) -> dict[str, 
         "command": " ".join([f"python {ENTRY_SCRIPT}", *flags]),
         "inputs": inputs,
         "outputs": {STORAGE_OUTPUT: {"type": "uri_folder", "mode": "rw_mount"}},
-        "environment": options.environment,
-        "compute": options.compute if options.compute.startswith("azureml:")
-        else f"azureml:{options.compute}",
+        "environment": options.environment or (GPU_ENVIRONMENT if gpu else CPU_ENVIRONMENT),
+        "compute": compute if compute.startswith("azureml:") else f"azureml:{compute}",
         # Azure ML starts Ray on every node (head on the first); the dashboard
         # needs ray[default], which the environment does not install.
         "distribution": {"type": "ray", "include_dashboard": False},

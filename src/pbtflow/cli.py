@@ -116,9 +116,11 @@ def _add_aml_commands(commands) -> None:
     render.add_argument("--preset", default="cluster", help="search-space preset (default: cluster)")
     render.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another `pbtflow tune` setting, passed as an input (repeatable)")
-    render.add_argument("--compute", default="cpu-cluster", help="compute cluster name")
-    render.add_argument("--environment", default="azureml:pbtflow-cpu@latest",
-                        help="Azure ML environment (default: azureml:pbtflow-cpu@latest)")
+    render.add_argument("--compute", help="compute cluster name (default: cpu-cluster, or "
+                        "gpu-cluster with --gpus-per-trial)")
+    render.add_argument("--environment", help="Azure ML environment (default: "
+                        "azureml:pbtflow-cpu@latest, or azureml:pbtflow-gpu@latest with "
+                        "--gpus-per-trial)")
     render.add_argument("--experiment-name", default="pbtflow", help="Azure ML experiment name")
     render.add_argument("--display-name", help="job display name (default: the output file's name)")
     render.add_argument("--shm-size", help="shared memory for Ray's object store, e.g. 16g "
@@ -222,8 +224,12 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from pbtflow.tuning import tune
+    from pbtflow.tuning import follow_the_head, follower_rank, tune
 
+    rank = follower_rank()
+    if rank is not None:  # one driver per cluster: the head's
+        follow_the_head(rank)
+        return 0
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     experiment = from_sources(args.config, overrides)
     results = tune(experiment)

@@ -288,6 +288,10 @@ def _init_ray() -> None:
     if _joins_cluster():
         ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", configure_logging=False)
         _wait_for_nodes()
+        total, alive = ray.cluster_resources(), [n for n in ray.nodes() if n.get("Alive")]
+        log.info("pbtflow: joined the Ray cluster at %s: %d nodes, %g CPUs, %g GPUs",
+                 ray.get_runtime_context().gcs_address, len(alive), total.get("CPU", 0),
+                 total.get("GPU", 0))
     else:
         ray.init(include_dashboard=False, configure_logging=False)
 
@@ -331,6 +335,45 @@ def _wait_for_nodes() -> None:
 
 def _joins_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("AZUREML_RUN_ID"))
+
+
+def follower_rank() -> tuple[str, int] | None:
+    """(variable, rank) when this process runs on a node other than the head of
+    a cluster job: the head's driver tunes the population on every node."""
+    from pbtflow.azureml import node_rank
+
+    found = node_rank() if _joins_cluster() else None
+    return found if found and found[1] > 0 else None
+
+
+def follow_the_head(rank: tuple[str, int], poll: float = 2.0, misses: int = 3) -> None:
+    """On a node that is not the head: touch neither MLflow nor the storage;
+    learn the head's address from Ray, then wait until the head's Ray stops
+    answering (``misses`` polls in a row) and return."""
+    import socket
+
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", configure_logging=False,
+                 log_to_driver=False)
+        address = ray.get_runtime_context().gcs_address
+    except ConnectionError as exc:
+        log.info("pbtflow: %s=%d: no Ray cluster to follow on this node (%s); nothing to do.",
+                 *rank, exc)
+        return
+    finally:
+        ray.shutdown()
+    log.info("pbtflow: %s=%d: not the head node; the head's driver tunes the population on the "
+             "whole cluster. Waiting for the head's Ray at %s to stop.", *rank, address)
+    host, port = address.rsplit(":", 1)
+    missed = 0
+    while missed < misses:
+        time.sleep(poll)
+        try:
+            with socket.create_connection((host, int(port)), timeout=poll):
+                missed = 0
+        except OSError:
+            missed += 1
+    log.info("pbtflow: the head's Ray at %s has stopped; this node is done.", address)
 
 
 def _check_resources(experiment: Experiment, total: Mapping[str, float] | None = None) -> None:
