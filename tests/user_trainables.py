@@ -1,6 +1,8 @@
 """Function trainables written as a user would, for the tests: they use
 pbtflow.checkpoint and nothing else from pbtflow."""
 
+from ray import tune
+
 from pbtflow import checkpoint
 
 NOT_A_FUNCTION = 42
@@ -80,3 +82,26 @@ def explore_changes_a_constant(config):
 
 def explore_two_arguments(config, rng):
     return config
+
+
+class Climber(tune.Trainable):
+    """A class trainable the plain Ray way, without reset_config: Tune cannot
+    reuse its worker for another member."""
+
+    def setup(self, config):
+        self.height = 0.0
+
+    def step(self):
+        self.height += self.config["lr"] * (1.0 + self.config["momentum"])
+        return {"height": self.height}
+
+    def save_checkpoint(self, checkpoint_dir):
+        return {"height": self.height}
+
+    def load_checkpoint(self, checkpoint):
+        self.height = checkpoint["height"]
+
+
+class NotATrainable:
+    def __call__(self, config):
+        return None

@@ -37,7 +37,8 @@ class Experiment:
     (``--stop-iters``) and the Azure ML job inputs."""
 
     trainable: str = _opt("ppo", "What to tune: 'ppo' (RLlib PPO), 'lr-schedule', 'quadratic', "
-                          "or your own function trainable as 'package.module:function'.",
+                          "or your own trainable: a function as 'package.module:function' or a "
+                          "tune.Trainable subclass as 'package.module:Class'.",
         invalid=("not a path", "no_such_module:train"))
     env: str = _opt("CartPole-v1", "Registered gymnasium environment id (PPO only).", only="ppo",
         invalid=("CartPole-v9",))
@@ -219,7 +220,8 @@ class Experiment:
                        f"{self.checkpoint_interval}; use a divisor such as {self.perturbation_interval:g}")
         if self.trainable not in trainable_names():
             _check(bool(_TRAINABLE_PATH.match(self.trainable)), "trainable",
-                   f"must be one of {', '.join(trainable_names())} or 'package.module:function', "
+                   f"must be one of {', '.join(trainable_names())} or 'package.module:function' "
+                   "(or 'package.module:Class'), "
                    f"but got trainable={self.trainable!r}")
         if self.trainable == "ppo":
             _check_env(self.env)
