@@ -190,3 +190,43 @@ def test_a_bad_explore_path_fails_before_ray_in_one_sentence(path, words, workdi
         pbtflow.tune(pbtflow.Experiment(**CLIMB, explore=path))
     assert words in str(error.value) and str(error.value).count(". ") == 0, str(error.value)
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_pb2_bounds_come_from_the_mutations():
+    from pbtflow.pbt import pb2_bounds
+
+    bounds = pb2_bounds(check_mutations({"lr": {"loguniform": [1e-5, 1e-3]}, "epochs": {"randint": [1, 31]},
+                                         "gamma": [0.99, 0.9, 0.95], "opt": {"beta": {"uniform": [0.8, 0.9]}}}))
+    assert bounds == {"lr": [1e-5, 1e-3], "epochs": [1.0, 30.0], "gamma": [0.9, 0.99],
+                      "opt": {"beta": [0.8, 0.9]}}
+    for bad in ({"act": ["relu", "tanh"]}, {"act": {"choice": ["relu", "tanh"]}}):
+        with pytest.raises(ExperimentError, match=r"^mutations\.act: PB2 explores continuous ranges "
+                           r"only, but got .*; write a range such as"):
+            pb2_bounds(check_mutations(bad))
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"burn_in_period": 3}, "burn_in_period: Ray's PB2 has no burn-in period"),
+    ({"perturbation_factors": (1.1, 0.9)}, "perturbation_factors: PB2 picks new values"),
+])
+def test_pb2_refuses_what_it_cannot_honour(extra, words):
+    with pytest.raises(ExperimentError, match="^" + words):
+        pbtflow.Experiment(trainable="lr-schedule", scheduler="pb2", **extra)
+
+
+def test_pb2_on_a_real_run_keeps_the_same_record(ray_runtime, workdir):
+    """PB2 (Ray's Population Based Bandits) on the lr-schedule toy: its exploits
+    are in Ray's log like PBT's, every new lr lies inside the mutation's range,
+    and the MLflow record agrees with Ray's log (Ray's own MLflow callback cannot
+    log PB2 at all)."""
+    results = pbtflow.tune(pbtflow.Experiment(trainable="lr-schedule", scheduler="pb2", population=3,
+                                              stop_iters=40, perturbation_interval=5, seed=1,
+                                              experiment_name="pb2"))
+    assert results.num_errors == 0
+    log = _ray_log(results)
+    assert log, "PB2 exploited"
+    assert all(1e-4 <= new["lr"] <= 0.02 for *_, new in log), [new["lr"] for *_, new in log]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parents, _ = runs_by_role(client, "pb2")
+    assert parents[0].data.params["scheduler"] == "pb2"
+    assert assert_record_is_true(client, parents[0].info.run_id, results)["exploits"] == len(log)

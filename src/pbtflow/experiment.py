@@ -17,6 +17,7 @@ import yaml
 
 PRESETS = ("laptop", "cluster")
 BASELINES = ("grid", "random")
+SCHEDULERS = ("pbt", "pb2")
 _TRAINABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -65,6 +66,10 @@ class Experiment:
                                               "instead of perturbing it, in [0, 1].",
         invalid=("2",))
     synch: bool | None = _opt(None, "Synchronous PBT: wait for every member before exploiting.")
+    scheduler: str = _opt("pbt", "'pbt' (Ray's PopulationBasedTraining) or 'pb2' (Population Based "
+                          "Bandits: a Gaussian-process bandit picks new values inside the mutations' "
+                          "ranges; for small populations and continuous hyperparameters).",
+        invalid=("pb3", "PBT"))
     burn_in_period: float = _opt(0.0, "No member is ranked, copied or copied from before this many "
                                  "time_attr units (PPO's first iterations are too noisy to rank).",
         invalid=("-1", "100"))
@@ -202,6 +207,15 @@ class Experiment:
             _check(self.burn_in_period < self.stop_iters, "burn_in_period",
                    f"must end before the members stop (stop_iters={self.stop_iters}), but got "
                    f"burn_in_period={self.burn_in_period:g}, so PBT would never exploit; lower it")
+        _check(self.scheduler in SCHEDULERS, "scheduler",
+               f"must be one of {', '.join(SCHEDULERS)}, but got scheduler={self.scheduler!r}")
+        if self.scheduler == "pb2":  # Ray's PB2 takes no burn-in, factors or resampling
+            _check(self.burn_in_period == 0, "burn_in_period",
+                   "Ray's PB2 has no burn-in period, but got burn_in_period="
+                   f"{self.burn_in_period:g} with scheduler='pb2'; drop it or use --scheduler pbt")
+            _check(tuple(self.perturbation_factors) == (1.2, 0.8), "perturbation_factors",
+                   "PB2 picks new values with its bandit model, not by factors; drop "
+                   "--perturbation-factors or use --scheduler pbt")
         low, high = sorted(self.perturbation_factors)
         _check(low > 0 and low < 1 < high, "perturbation_factors",
                "must be two positive factors, one above 1 and one below (e.g. 1.2 0.8), but got "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,9 +19,12 @@ from typing import Any, Callable, Mapping
 
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining, PopulationBasedTrainingReplay
+from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from pbtflow.experiment import Experiment, ExperimentError
+
+log = logging.getLogger(__name__)
 
 _DOMAINS = {
     "uniform": tune.uniform,
@@ -223,9 +227,10 @@ def make_explore(mutations: Mapping[str, Any],
     return explore
 
 
-class RecordingPBT(PopulationBasedTraining):
-    """Ray's PBT that also keeps every exploit as an event, so that the
-    tracking code can log the schedule and the lineage PBT discovered.
+class _Recording:
+    """Mixed into Ray's PBT and PB2: keeps every exploit as an event, so that
+    the tracking code can log the schedule and the lineage the scheduler
+    discovered.
 
     A result without the metric (an RL return before the first episode ends)
     continues silently: pbtflow's stopper decides whether the metric is only
@@ -275,6 +280,15 @@ class RecordingPBT(PopulationBasedTraining):
         })
 
 
+class RecordingPBT(_Recording, PopulationBasedTraining):
+    """Ray's PopulationBasedTraining, recorded."""
+
+
+class RecordingPB2(_Recording, PB2):
+    """Ray's PB2 (Population Based Bandits: a Gaussian-process bandit picks the
+    new values within the mutations' bounds), recorded."""
+
+
 class ScheduleReplay(PopulationBasedTrainingReplay):
     """Ray's PBT replay driven by pbtflow's ``best_schedule.json``: one member
     trains from scratch and switches hyperparameters at the recorded steps.
@@ -310,22 +324,48 @@ class ScheduleReplay(PopulationBasedTrainingReplay):
         return self._full(schedule["initial"]), policy
 
 
+def pb2_bounds(mutations: Mapping[str, Any]) -> dict[str, Any]:
+    """PB2's ``hyperparam_bounds`` from pbtflow's mutations: each continuous
+    range as [low, high]; a list of numbers as the range it spans (PB2 proposes
+    values in between). A list or choice of anything else has no range."""
+    bounds: dict[str, Any] = {}
+    for key in flatten_keys(mutations):
+        mutation = get_path(mutations, key)
+        found = bounds_of(mutation)
+        if found is None:
+            shown = (f"{{choice: {mutation.categories}}}" if isinstance(mutation, Categorical)
+                     else repr(mutation))
+            raise ExperimentError(
+                f"mutations.{key}: PB2 explores continuous ranges only, but got {shown}; write a "
+                "range such as {uniform: [low, high]} or a list of numbers, or use --scheduler pbt.")
+        _set_path(bounds, key, [found[0], found[1]])
+        if isinstance(mutation, list):
+            log.info("pbtflow: PB2 explores mutations.%s (the list %s) as the range [%g, %g].",
+                     key, mutation, found[0], found[1])
+    return bounds
+
+
 def build_scheduler(experiment: Experiment, metric: str, mutations: Mapping[str, Any],
                     repair: Callable[[dict, dict], None] | None = None,
-                    explore: Callable[[dict], Any] | None = None) -> RecordingPBT:
-    """Ray's PBT with every option of the experiment; ``explore`` is the user's
-    explore function (``experiment.explore``, already imported)."""
+                    explore: Callable[[dict], Any] | None = None) -> RecordingPBT | RecordingPB2:
+    """Ray's PBT (or PB2) with every option of the experiment; ``explore`` is the
+    user's explore function (``experiment.explore``, already imported)."""
     mutations = check_mutations(copy.deepcopy(dict(mutations)))
-    return RecordingPBT(
+    common = dict(
         time_attr=experiment.time_attr,
         metric=metric,
         mode=experiment.mode,
         perturbation_interval=experiment.perturbation_interval,
-        burn_in_period=experiment.burn_in_period,
         quantile_fraction=experiment.quantile_fraction,
+        custom_explore_fn=make_explore(mutations, repair, explore, experiment.explore or ""),
+        synch=experiment.synch,
+    )
+    if experiment.scheduler == "pb2":
+        return RecordingPB2(hyperparam_bounds=pb2_bounds(mutations), **common)
+    return RecordingPBT(
+        burn_in_period=experiment.burn_in_period,
         resample_probability=experiment.resample_probability,
         perturbation_factors=tuple(experiment.perturbation_factors),
         hyperparam_mutations=mutations,
-        custom_explore_fn=make_explore(mutations, repair, explore, experiment.explore or ""),
-        synch=experiment.synch,
+        **common,
     )
