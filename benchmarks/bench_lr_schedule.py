@@ -25,6 +25,7 @@ the worst quarter every 5 steps.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -122,6 +123,7 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # MLflow keeps a SQLite store's artifacts in ./mlruns
         tracking = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         ours = run_pbtflow(str(Path(tmp) / "pbtflow"), tracking, seed=0, stop_iters=stop_iters)
         plain = None if args.skip_plain_ray else run_plain_ray(str(Path(tmp) / "ray"), stop_iters)

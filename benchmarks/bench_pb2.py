@@ -13,6 +13,7 @@ the three sides rotates from seed to seed.
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import statistics
 import tempfile
@@ -53,6 +54,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     rows: dict[tuple[str, int], list[dict]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # MLflow keeps a SQLite store's artifacts in ./mlruns
         for seed in range(args.seeds):
             order = SIDES[seed % 3:] + SIDES[:seed % 3]
             for scheduler, population in order:
