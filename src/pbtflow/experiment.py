@@ -18,6 +18,7 @@ import yaml
 PRESETS = ("laptop", "cluster")
 BASELINES = ("grid", "random")
 SCHEDULERS = ("pbt", "pb2")
+PERTURBATION_FACTORS = (1.2, 0.8)  # Ray's default
 _TRAINABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -73,7 +74,7 @@ class Experiment:
     burn_in_period: float = _opt(0.0, "No member is ranked, copied or copied from before this many "
                                  "time_attr units (PPO's first iterations are too noisy to rank).",
         invalid=("-1", "100"))
-    perturbation_factors: tuple = _opt((1.2, 0.8), "The two factors PBT multiplies a continuous "
+    perturbation_factors: tuple = _opt(PERTURBATION_FACTORS, "The two factors PBT multiplies a continuous "
                                        "value by when it perturbs it instead of resampling, one "
                                        "above 1 and one below (e.g. 1.1 0.9 for gentler steps).",
                                        shown_default="1.2 0.8", metavar="FACTOR",
@@ -213,7 +214,7 @@ class Experiment:
             _check(self.burn_in_period == 0, "burn_in_period",
                    "Ray's PB2 has no burn-in period, but got burn_in_period="
                    f"{self.burn_in_period:g} with scheduler='pb2'; drop it or use --scheduler pbt")
-            _check(tuple(self.perturbation_factors) == (1.2, 0.8), "perturbation_factors",
+            _check(tuple(self.perturbation_factors) == PERTURBATION_FACTORS, "perturbation_factors",
                    "PB2 picks new values with its bandit model, not by factors; drop "
                    "--perturbation-factors or use --scheduler pbt")
         low, high = sorted(self.perturbation_factors)

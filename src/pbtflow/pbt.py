@@ -227,7 +227,7 @@ def make_explore(mutations: Mapping[str, Any],
     return explore
 
 
-class _Recording:
+class Recording:
     """Mixed into Ray's PBT and PB2: keeps every exploit as an event, so that
     the tracking code can log the schedule and the lineage the scheduler
     discovered.
@@ -280,11 +280,11 @@ class _Recording:
         })
 
 
-class RecordingPBT(_Recording, PopulationBasedTraining):
+class RecordingPBT(Recording, PopulationBasedTraining):
     """Ray's PopulationBasedTraining, recorded."""
 
 
-class RecordingPB2(_Recording, PB2):
+class RecordingPB2(Recording, PB2):
     """Ray's PB2 (Population Based Bandits: a Gaussian-process bandit picks the
     new values within the mutations' bounds), recorded."""
 

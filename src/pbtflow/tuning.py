@@ -28,7 +28,7 @@ from ray.tune.utils import flatten_dict
 
 from pbtflow import baselines, lineage, names, record_check, tracking, trainables
 from pbtflow.experiment import Experiment, ExperimentError
-from pbtflow.pbt import RecordingPB2, RecordingPBT, ScheduleReplay, build_scheduler, flatten_keys
+from pbtflow.pbt import Recording, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
 from pbtflow.trainables.function import load as load_users_function
 
@@ -580,7 +580,7 @@ def _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent, 
                                     experiment.time_attr)
     stopper = PopulationStopper(metric, experiment.mode, experiment.stop_iters,
                                 experiment.stop_return, experiment.time_attr, spec.metric_pending)
-    if isinstance(scheduler, (RecordingPBT, RecordingPB2)):
+    if isinstance(scheduler, Recording):
         scheduler.stopper = stopper
     return ray_tune.Tuner(
         spec.trainable,

@@ -55,7 +55,10 @@ def _import(path: str, setting: str) -> Any:
 def load(path: str, setting: str = "trainable") -> Callable[[dict], Any]:
     """Import ``package.module:function`` and check that it can take a config;
     fail with one sentence naming ``setting`` otherwise (before Ray starts)."""
-    function = _import(path, setting)
+    return _checked_function(_import(path, setting), path, setting)
+
+
+def _checked_function(function: Any, path: str, setting: str) -> Callable[[dict], Any]:
     attr = path.partition(":")[2]
     if not callable(function) or inspect.isclass(function):
         kind = "a class that is not a ray.tune.Trainable" if inspect.isclass(function) else \
@@ -140,7 +143,7 @@ def build(experiment) -> TrainableSpec:
     found = _import(experiment.trainable, "trainable")
     if inspect.isclass(found) and issubclass(found, tune.Trainable):
         return spec(found, experiment, metric=None, initial={}, mutations=None)
-    function = load(experiment.trainable)
+    function = _checked_function(found, experiment.trainable, "trainable")
     return spec(function, experiment, metric=None, initial={}, mutations=None)
 
 
