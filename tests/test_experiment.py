@@ -5,9 +5,10 @@ import pytest
 from pbtflow.experiment import Experiment, ExperimentError, from_sources, load_yaml
 
 
-def test_defaults_are_the_ppo_laptop_preset():
+def test_defaults_are_the_ppo_discrete_preset_on_cartpole():
     exp = Experiment()
     assert (exp.trainable, exp.env, exp.population, exp.stop_return) == ("ppo", "CartPole-v1", 4, 450.0)
+    assert exp.preset == "discrete"  # picked from CartPole's action space
     assert exp.perturbation_checkpoint_interval == exp.perturbation_interval == 3
 
 

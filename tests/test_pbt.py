@@ -14,7 +14,7 @@ import pbtflow
 from pbtflow import names
 from pbtflow.experiment import ExperimentError
 from pbtflow.pbt import ExploreError, bounds_of, check_mutations, flatten_keys, make_explore, to_mutation
-from pbtflow.trainables.ppo import CLUSTER, LAPTOP, repair
+from pbtflow.trainables.ppo import PRESETS, repair
 from mlflow_checks import assert_record_is_true, runs_by_role
 
 
@@ -41,7 +41,7 @@ def test_wrong_mutation_types_are_rejected(bad):
         check_mutations({"lr": bad})
 
 
-@pytest.mark.parametrize("preset", [LAPTOP, CLUSTER])
+@pytest.mark.parametrize("preset", list(PRESETS.values()), ids=list(PRESETS))
 @pytest.mark.parametrize("hostile", [
     {"lambda": 7.0, "clip_param": -1.0, "lr": 0.5, "num_epochs": 0,
      "minibatch_size": 10**9, "train_batch_size_per_learner": 1},

@@ -6,6 +6,7 @@ find differences when there are some."""
 
 from __future__ import annotations
 
+import math
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.utils import flatten_dict
@@ -13,7 +14,7 @@ from ray.tune.utils import flatten_dict
 import pbtflow
 from pbtflow import names, record_check
 from pbtflow.cli import main
-from pbtflow.trainables.ppo import no_episode_finished
+from pbtflow.trainables.ppo import CONTINUOUS, no_episode_finished
 from pbtflow.tuning import PopulationStopper, _Progress
 from mlflow_checks import assert_record_is_true, runs_by_role
 
@@ -30,9 +31,11 @@ def _run(root, name: str, **settings):
 
 @pytest.fixture(scope="module")
 def pendulum(ray_runtime, tmp_path_factory):
-    """Continuous actions; synchronous so that the two members exploit."""
+    """Continuous actions; synchronous so that the two members exploit. Four
+    vectorised envs of 64 steps per iteration end their 200-step episodes
+    together, at iteration 4: the iterations before and after end none."""
     return _run(tmp_path_factory.mktemp("pendulum"), "pendulum", env="Pendulum-v1", smoke=True,
-                synch=True)
+                synch=True, num_envs_per_env_runner=4)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +60,15 @@ def test_ppo_with_continuous_actions_records_every_exploit(pendulum):
     assert results.num_errors == 0
     counts = assert_record_is_true(client, parent.info.run_id, results)
     assert counts["exploits"] >= 1, "synchronous PBT with 2 members must exploit"
-    assert set(parent.data.params["mutated_hyperparameters"].split(",")) == {
-        "lambda", "clip_param", "lr", "num_epochs", "minibatch_size", "train_batch_size_per_learner"}
+    assert parent.data.params["preset"] == "continuous"  # picked from the action space
+    assert set(parent.data.params["mutated_hyperparameters"].split(",")) == set(CONTINUOUS["mutations"])
+    _, children = runs_by_role(client, "pendulum")
+    starts = [{k: float(c.data.params[k]) for k in ("gamma", "lambda")} for c in children]
+    assert {"gamma": 0.95, "lambda": 0.1} in starts  # RLlib's tuned Pendulum settings
+    for child in children:  # no NaN where an iteration ended no episode
+        returns = client.get_metric_history(child.info.run_id, names.RETURN_MEAN)
+        assert returns and all(math.isfinite(m.value) for m in returns)
+        assert min(m.step for m in returns) == 3, "the first episodes end at iteration 4"
 
 
 def test_ppo_on_long_episodes_waits_for_the_first_return(acrobot):
@@ -183,17 +193,20 @@ def test_policy_files_are_replayed_with_rays_rule():
 def test_a_return_pending_until_the_first_episode_ends_is_not_an_error():
     stopper = PopulationStopper(names.RETURN_MEAN, "max", 10, None,
                                 metric_pending=no_episode_finished)
-    assert stopper("t", {"training_iteration": 1, "env_runners": {"num_episodes_lifetime": 0}}) is False
+    assert stopper("t", {"training_iteration": 1, "env_runners": {"num_episodes": 0}}) is False
     assert stopper.error is None
     assert stopper("t", {"training_iteration": 2, "env_runners": {
-        "num_episodes_lifetime": 1, "episode_return_mean": -500.0}}) is False
+        "num_episodes": 1, "episode_return_mean": -500.0}}) is False
+    # A restored member's first iteration that ends no episode: nothing yet.
+    assert stopper("t", {"training_iteration": 3, "env_runners": {
+        "num_episodes": 0, "num_episodes_lifetime": 40}}) is False
     assert stopper.error is None
 
 
 def test_a_metric_never_reported_fails_once_episodes_have_ended():
     stopper = PopulationStopper("no/such/metric", "max", 10, None, metric_pending=no_episode_finished)
-    assert stopper("t", {"training_iteration": 1, "env_runners": {"num_episodes_lifetime": 0}}) is False
-    assert stopper("t", {"training_iteration": 2, "env_runners": {"num_episodes_lifetime": 3}}) is True
+    assert stopper("t", {"training_iteration": 1, "env_runners": {"num_episodes": 0}}) is False
+    assert stopper("t", {"training_iteration": 2, "env_runners": {"num_episodes": 3}}) is True
     assert stopper.error.startswith("metric: the trainable never reports 'no/such/metric'")
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-PRESETS = ("laptop", "cluster")
+PRESETS = ("auto", "discrete", "continuous", "cluster")
 BASELINES = ("grid", "random")
 SCHEDULERS = ("pbt", "pb2")
 PERTURBATION_FACTORS = (1.2, 0.8)  # Ray's default
@@ -84,19 +84,25 @@ class Experiment:
                                "bounds, returns it changed (mutated keys only), and runs before the "
                                "trainable's own repair.", shown_default="none",
         invalid=("not a path", "no_such_module:explore"))
-    preset: str = _opt("laptop", "Search-space preset: 'laptop' (small batches, 2 CPU cores) or "
-                       "'cluster' (DESIGN.md's reference space); PPO only.", only="ppo",
-        invalid=("tiny",))
+    preset: str = _opt("auto", "PPO's search-space preset: 'discrete' or 'continuous' (sized for "
+                       "2 CPU cores; the first member starts from RLlib's tuned CartPole or "
+                       "Pendulum settings), 'cluster' (DESIGN.md's reference space, large batches), "
+                       "or 'auto': discrete or continuous by the environment's action space.",
+                       only="ppo", invalid=("tiny", "laptop"))
     cpus_per_trial_process: float | None = _opt(None, "CPUs reserved for a trial's own process "
-                                                "(PPO: learner + local sampling); default: 2 / population "
-                                                "on the laptop preset so the whole population runs at "
-                                                "once on 2 cores, 1 otherwise.",
+                                                "(PPO: learner + local sampling); default: this machine's "
+                                                "cores / population (at most 1) so the whole population "
+                                                "trains at once; 1 on the cluster preset.",
         invalid=("0",))
     num_env_runners: int = _opt(0, "RLlib env runners per trial (0 samples in the trial's own "
                                 "process).", only="ppo",
         invalid=("-1", "64"))
     cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.", only="ppo",
         invalid=("0",))
+    num_envs_per_env_runner: int | None = _opt(None, "Vectorised envs each env runner (or the "
+                                               "trial's own process) steps at once; default: the "
+                                               "preset's (discrete 8, continuous 20, cluster 1).",
+                                               only="ppo", invalid=("0",))
     gpus_per_trial: float = _opt(0, "GPUs per trial (for the RLlib learner).", only="ppo",
         invalid=("-1",))
     checkpoint_interval: int | None = _opt(None, "Checkpoint every this many iterations; must divide "
@@ -163,7 +169,7 @@ class Experiment:
             # at once (round-robin would restart a PPO actor at every pause).
             cores = os.cpu_count() or 1
             self.cpus_per_trial_process = (max(0.25, min(1.0, cores / max(1, self.population)))
-                                           if self.preset == "laptop" else 1.0)
+                                           if self.preset != "cluster" else 1.0)
         self._validate()
 
     # -- validation -----------------------------------------------------------------
@@ -188,6 +194,9 @@ class Experiment:
         _check(self.baseline in (None, *BASELINES), "baseline",
                f"must be one of {', '.join(BASELINES)}, but got baseline={self.baseline!r}; "
                "leave it out to run PBT")
+        _check(self.num_envs_per_env_runner is None or self.num_envs_per_env_runner >= 1,
+               "num_envs_per_env_runner", "must be 1 or more, but got num_envs_per_env_runner="
+               f"{self.num_envs_per_env_runner}")
         _check(self.num_env_runners >= 0, "num_env_runners",
                f"must be 0 or more, but got num_env_runners={self.num_env_runners}")
         _check(self.cpus_per_trial_process > 0, "cpus_per_trial_process",
@@ -240,6 +249,8 @@ class Experiment:
                    f"but got trainable={self.trainable!r}")
         if self.trainable == "ppo":
             _check_env(self.env)
+            if self.preset == "auto":
+                self.preset = _preset_for(self.env)
         for key in ("initial", "mutations"):
             value = getattr(self, key)
             _check(value is None or isinstance(value, Mapping), key,
@@ -290,6 +301,28 @@ def trainable_names() -> tuple[str, ...]:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ExperimentError(f"{key}: {message}.")
+
+
+def _preset_for(env_id: str) -> str:
+    """PPO's preset for an environment: 'discrete' or 'continuous' by its
+    action space (gymnasium builds the env once to read it)."""
+    import gymnasium
+
+    try:
+        env = gymnasium.make(env_id)
+    except Exception as error:  # a missing extra (box2d, mujoco), a bad constructor
+        raise ExperimentError(
+            f"env: {env_id!r} cannot be built ({type(error).__name__}: {error}); install what it "
+            "names (LunarLander and the other Box2D envs: pip install 'pbtflow[box2d]')") from None
+    space = env.action_space
+    env.close()
+    if isinstance(space, (gymnasium.spaces.Discrete, gymnasium.spaces.MultiDiscrete)):
+        return "discrete"
+    if isinstance(space, gymnasium.spaces.Box):
+        return "continuous"
+    raise ExperimentError(
+        f"preset: {env_id!r} has a {type(space).__name__} action space, which neither PPO preset "
+        "covers; pass --preset discrete, continuous or cluster and your own mutations")
 
 
 def _check_env(env_id: str) -> None:

@@ -249,7 +249,18 @@ class Recording:
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if self._metric not in result or self._time_attr not in result:
             return self.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+        synced_before = self._next_perturbation_sync
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if self._synch and self._next_perturbation_sync != synced_before:
+            # Ray's synchronous PBT sets the next sync point to the time the
+            # members reached when that lies beyond one interval (results
+            # without the metric, e.g. RL iterations that end no episode, make
+            # it so); then no paused member is behind it and none is ever
+            # resumed. The next sync is one interval after the members' time.
+            reached = max(state.last_train_time for state in self._trial_state.values())
+            if self._next_perturbation_sync <= reached:
+                self._next_perturbation_sync = reached + self._perturbation_interval
+        return decision
 
     def _exploit(self, tune_controller, trial, trial_to_clone):
         state = self._trial_state[trial]

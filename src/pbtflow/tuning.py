@@ -46,7 +46,7 @@ class _Progress(ray_tune.Callback):
         self._last_print, self._events_seen, self._best = 0.0, 0, {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = flatten_dict(dict(result), delimiter="/").get(self.metric)
+        value = tracking.as_number(flatten_dict(dict(result), delimiter="/").get(self.metric))
         if value is not None:
             self._best[trial.trial_id] = (value, result.get(names.TRAINING_ITERATION))
         for event in self.scheduler.events[self._events_seen:]:
@@ -441,6 +441,7 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
     elif replay is not None:  # one member retrains on a recorded schedule (pbtflow replay)
         scheduler = ScheduleReplay(replay["schedule_file"], spec.param_space)
         spec.param_space = scheduler.config  # the schedule's initial, complete config
+        spec.points_to_evaluate = None
     else:
         explore = load_users_function(experiment.explore, "explore") if experiment.explore else None
         scheduler = build_scheduler(experiment, metric, spec.mutations, spec.repair, explore)

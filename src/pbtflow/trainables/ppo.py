@@ -4,18 +4,106 @@ only module that imports ``ray.rllib``."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ray import tune
+from ray.tune.search.sample import Domain
 
 from pbtflow import names
 from pbtflow.pbt import check_initial_in_range, check_mutations
 from pbtflow.trainables import TrainableSpec
 
-LR_STEPS = [1e-3, 5e-4, 1e-4, 5e-5, 1e-5]  # adjacent moves under PBT
+LR_STEPS = [1e-3, 5e-4, 3e-4, 1e-4, 5e-5, 1e-5]  # adjacent moves under PBT
 
-# DESIGN.md's reference space (cluster scale). Keys are RLlib config keys.
+# Discrete actions. Two known-good starts, each the first members' config:
+# RLlib's tuned CartPole example (rllib/tuned_examples/ppo/cartpole_ppo.py:
+# lr 3e-4, gamma 0.99, vf_loss_coeff 0.01) with a batch of 2000, minibatch 128
+# and 10 epochs, which reaches 450 on CartPole-v1 in about 15 s on 2 cores; and
+# the long-horizon settings of rl-baselines3-zoo's LunarLander PPO (gamma 0.999,
+# lambda 0.98, entropy 0.01, 4 epochs) with RLlib's batch sizes, which reaches
+# 200 on LunarLander-v3 in about 2.5 min. The other members are sampled from
+# `initial`.
+DISCRETE = {
+    "known_good": [
+        {"gamma": 0.99, "lambda": 0.95, "lr": 3e-4, "clip_param": 0.2, "entropy_coeff": 0.0,
+         "vf_loss_coeff": 0.01, "num_epochs": 10, "minibatch_size": 128,
+         "train_batch_size_per_learner": 2000},
+        {"gamma": 0.999, "lambda": 0.98, "lr": 3e-4, "clip_param": 0.2, "entropy_coeff": 0.01,
+         "vf_loss_coeff": 0.01, "num_epochs": 4, "minibatch_size": 128,
+         "train_batch_size_per_learner": 4000},
+    ],
+    "initial": {
+        "gamma": tune.choice([0.99, 0.999]),
+        "lambda": tune.choice([0.9, 0.95, 0.98]),
+        "lr": tune.choice([1e-3, 5e-4, 3e-4]),
+        "clip_param": 0.2,
+        "entropy_coeff": tune.choice([0.0, 0.001]),
+        "vf_loss_coeff": tune.choice([0.01, 0.05]),
+        "num_epochs": tune.choice([6, 10]),
+        "minibatch_size": tune.choice([128, 256]),
+        "train_batch_size_per_learner": tune.choice([1000, 2000, 4000]),
+    },
+    "mutations": {
+        "gamma": tune.uniform(0.95, 0.9995),
+        "lambda": tune.uniform(0.8, 1.0),
+        "lr": LR_STEPS,
+        "clip_param": tune.uniform(0.1, 0.4),
+        "entropy_coeff": [0.0, 0.001, 0.003, 0.01, 0.03],
+        "vf_loss_coeff": [0.005, 0.01, 0.03, 0.1, 0.3, 1.0],
+        "num_epochs": tune.randint(2, 21),
+        "minibatch_size": [64, 128, 256, 512],
+        "train_batch_size_per_learner": tune.randint(500, 8001),
+    },
+    "num_envs_per_env_runner": 8,
+    "observation_filter": True,
+    "fcnet_activation": "tanh",
+}
+
+# Continuous actions. The known-good start is RLlib's tuned Pendulum example
+# (rllib/tuned_examples/ppo/pendulum_ppo.py): observations normalised by a
+# MeanStdFilter, 20 vectorised envs, gamma 0.95, lambda 0.1, lr 3e-4, batch
+# 1024, minibatch 128, 6 epochs, relu, vf_clip_param 10, vf_loss_coeff 0.01
+# (with the value function sharing the policy's layers, a larger coefficient
+# lets Pendulum's large value errors swamp the policy gradient: without it the
+# same settings stayed at -1000 for 750k steps here).
+CONTINUOUS = {
+    "known_good": [
+        {"gamma": 0.95, "lambda": 0.1, "lr": 3e-4, "clip_param": 0.2, "entropy_coeff": 0.0,
+         "vf_loss_coeff": 0.01, "num_epochs": 6, "minibatch_size": 128,
+         "train_batch_size_per_learner": 1024},
+    ],
+    "initial": {
+        "gamma": tune.choice([0.95, 0.99]),
+        "lambda": tune.choice([0.1, 0.3, 0.9]),
+        "lr": tune.choice([5e-4, 3e-4, 1e-4]),
+        "clip_param": 0.2,
+        "entropy_coeff": 0.0,
+        "vf_loss_coeff": tune.choice([0.01, 0.03]),
+        "num_epochs": tune.choice([6, 10]),
+        "minibatch_size": tune.choice([128, 256]),
+        "train_batch_size_per_learner": tune.choice([1024, 2048]),
+    },
+    "mutations": {
+        "gamma": tune.uniform(0.9, 0.999),
+        "lambda": [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99],
+        "lr": LR_STEPS,
+        "clip_param": tune.uniform(0.1, 0.4),
+        "entropy_coeff": [0.0, 0.001, 0.003, 0.01],
+        "vf_loss_coeff": [0.001, 0.003, 0.01, 0.03, 0.1],
+        "num_epochs": tune.randint(2, 21),
+        "minibatch_size": [64, 128, 256, 512],
+        "train_batch_size_per_learner": tune.randint(512, 8193),
+    },
+    "num_envs_per_env_runner": 20,
+    "observation_filter": True,
+    "fcnet_activation": "relu",
+}
+
+# DESIGN.md's reference space (cluster scale, discrete actions). Keys are
+# RLlib config keys.
 CLUSTER = {
+    "known_good": [],
     "initial": {
         "lambda": 0.95,
         "clip_param": 0.2,
@@ -28,34 +116,17 @@ CLUSTER = {
     "mutations": {
         "lambda": tune.uniform(0.9, 1.0),
         "clip_param": tune.uniform(0.01, 0.5),
-        "lr": LR_STEPS,
+        "lr": [1e-3, 5e-4, 1e-4, 5e-5, 1e-5],
         "num_epochs": tune.randint(1, 31),
         "minibatch_size": tune.randint(128, 16385),
         "train_batch_size_per_learner": tune.randint(2000, 160001),
     },
+    "num_envs_per_env_runner": 1,
+    "observation_filter": False,
+    "fcnet_activation": "tanh",
 }
 
-# The same space with batches scaled down so that a population of 4 learns
-# CartPole in minutes on 2 CPU cores.
-LAPTOP = {
-    "initial": {
-        "lambda": 0.95,
-        "clip_param": 0.2,
-        "lr": tune.choice([1e-3, 5e-4, 1e-4]),
-        "num_epochs": tune.choice([5, 10, 15]),
-        "minibatch_size": tune.choice([128, 256]),
-        "train_batch_size_per_learner": tune.choice([1000, 2000]),
-        "kl_coeff": 1.0,
-    },
-    "mutations": {
-        "lambda": tune.uniform(0.9, 1.0),
-        "clip_param": tune.uniform(0.01, 0.5),
-        "lr": LR_STEPS,
-        "num_epochs": tune.randint(1, 31),
-        "minibatch_size": tune.randint(32, 1025),
-        "train_batch_size_per_learner": tune.randint(500, 8001),
-    },
-}
+PRESETS = {"discrete": DISCRETE, "continuous": CONTINUOUS, "cluster": CLUSTER}
 
 # --smoke: tiny batches, so that an iteration takes about a second.
 SMOKE_INITIAL = {
@@ -65,7 +136,9 @@ SMOKE_INITIAL = {
     "train_batch_size_per_learner": 256,
 }
 
-EPISODES_LIFETIME = "env_runners/num_episodes_lifetime"
+EPISODES_THIS_ITER = "env_runners/num_episodes"
+# The per-episode stats RLlib reports as NaN in an iteration that ended no episode.
+EPISODE_STATS = ("episode_return_mean", "episode_return_max", "episode_return_min", "episode_len_mean")
 
 # A curated set: one PPO result has ~96 numeric keys and Azure ML's MLflow
 # caps metric names per run, so never log the whole result.
@@ -99,12 +172,16 @@ def _effective_values_callback():
         known to override perturbed values: ray issues 62173, 35640)."""
 
         def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs):
+            _episode_stats(self, result)
             learner = getattr(algorithm.learner_group, "_learner", None)
             config = learner.config if learner is not None else algorithm.config
             module = config.get_config_for_module("default_policy")
             effective = {
+                "gamma": config.gamma,
                 "clip_param": module.clip_param,
                 "lambda": module.lambda_,
+                "entropy_coeff": module.entropy_coeff,
+                "vf_loss_coeff": module.vf_loss_coeff,
                 "num_epochs": algorithm.config.num_epochs,
                 "minibatch_size": algorithm.config.minibatch_size,
                 "train_batch_size_per_learner": algorithm.config.train_batch_size_per_learner,
@@ -136,26 +213,50 @@ def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> No
         config["train_batch_size_per_learner"] = batch
 
 
+def mean_std_filter(env, spaces, device):
+    """RLlib's running observation normaliser, as an env-to-module connector
+    (its statistics are part of the checkpoint, so an exploit copies them)."""
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
+
+    return MeanStdFilter()
+
+
 def build(experiment) -> TrainableSpec:
     from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    preset = CLUSTER if experiment.preset == "cluster" else LAPTOP
+    preset = PRESETS[experiment.preset]
+    users = experiment.initial or {}
     initial = dict(preset["initial"])
+    # The first members start from the known-good configurations, for what
+    # the user left unset and only in the preset's own search space.
+    points = [dict(p) for p in preset["known_good"]] if experiment.mutations is None else []
     if experiment.smoke:
         initial.update(SMOKE_INITIAL)
-    initial.update(experiment.initial or {})
+        for point in points:
+            point.update({k: v for k, v in SMOKE_INITIAL.items() if not isinstance(v, Domain)})
+    initial.update(users)
+    points = [{k: v for k, v in p.items() if k not in users} for p in points]
+    points = [p for p in points if p][:experiment.population]
     mutations = check_mutations(experiment.mutations if experiment.mutations is not None
                                 else preset["mutations"])
-    check_initial_in_range(experiment.initial or {}, mutations)
+    check_initial_in_range(users, mutations)
+    # --smoke samples one env at a time, so that its few small batches still
+    # finish episodes (Pendulum's last 200 steps).
+    envs = experiment.num_envs_per_env_runner or (1 if experiment.smoke
+                                                  else preset["num_envs_per_env_runner"])
 
     config = (
         PPOConfig()
         .environment(experiment.env)
         .env_runners(num_env_runners=experiment.num_env_runners,
-                     num_cpus_per_env_runner=experiment.cpus_per_env_runner)
+                     num_cpus_per_env_runner=experiment.cpus_per_env_runner,
+                     num_envs_per_env_runner=envs,
+                     env_to_module_connector=mean_std_filter if preset["observation_filter"] else None)
         .learners(num_gpus_per_learner=experiment.gpus_per_trial,
                   num_cpus_per_learner=experiment.cpus_per_trial_process)
         .resources(num_cpus_for_main_process=experiment.cpus_per_trial_process)
+        .rl_module(model_config=DefaultModelConfig(fcnet_activation=preset["fcnet_activation"]))
         .debugging(seed=experiment.seed)
         .callbacks(_effective_values_callback())
     )
@@ -173,11 +274,32 @@ def build(experiment) -> TrainableSpec:
         # restart the actor anyway.
         reuse_actors=False,
         tags={"env": experiment.env},
+        points_to_evaluate=points or None,
         metric_pending=no_episode_finished,
     )
 
 
 def no_episode_finished(flat_result: dict) -> bool:
-    """RLlib leaves the episode return out of its results until the first
-    episode ends: long episodes outlast the first small batches."""
-    return not flat_result.get(EPISODES_LIFETIME)
+    """No episode ended in this iteration, so there may be no return yet:
+    long episodes outlast the first small batches, and the first iteration of
+    a restored member has nothing to repeat (see ``_episode_stats``)."""
+    return not flat_result.get(EPISODES_THIS_ITER)
+
+
+def _episode_stats(callback, result: dict) -> None:
+    """RLlib 2.60 reports the episode return as NaN in an iteration that ended
+    no episode (vectorised envs of fixed length end theirs together, so most
+    iterations do). The return over the recent episodes has not changed, so
+    repeat the last one this member reported; a member with nothing to repeat
+    (just restored) leaves it out, as before its first episode. NaN would make
+    PBT's ranking arbitrary and the best member a matter of luck."""
+    runners = result.get("env_runners") or {}
+    value = runners.get("episode_return_mean")
+    if value is None:
+        return
+    if math.isnan(value):
+        for key in EPISODE_STATS:
+            runners.pop(key, None)
+        runners.update(getattr(callback, "last_episode_stats", {}))
+    else:
+        callback.last_episode_stats = {k: runners[k] for k in EPISODE_STATS if k in runners}

@@ -1,0 +1,178 @@
+"""pbtflow's default PBT against one single run of a tuned configuration, per
+environment, in one run on this machine: CartPole-v1 (target 450), Pendulum-v1
+(-300) and LunarLander-v3 (200).
+
+- tuned: plain RLlib PPO (no Tune, no PBT) with settings an expert would write
+  for that environment (below, in ``TUNED``), ``Algorithm.train()`` until the
+  mean episode return reaches the target.
+- pbtflow: ``pbtflow.tune(Experiment(env=..., stop_return=target))`` with
+  everything else at its defaults (population 4, the preset picked from the
+  action space, MLflow on a SQLite store in a temporary folder).
+
+Both figures are measured from the start of the side's process work (Ray's
+start-up and the algorithm's build included) to the first result that
+reaches the target: wall seconds and that member's env steps (under PBT they
+include the steps of the members it copied). Each side runs in a fresh
+process with a 10-minute cap; sides alternate, medians over seeds.
+
+    python benchmarks/bench_envs.py                      # 3 seeds, the three envs (~1 h on 2 cores)
+    python benchmarks/bench_envs.py --seeds 1 --envs CartPole-v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+TARGETS = {"CartPole-v1": 450.0, "Pendulum-v1": -300.0, "LunarLander-v3": 200.0}
+CAP_S = 600.0
+RETURN = "env_runners/episode_return_mean"
+STEPS = "env_runners/num_env_steps_sampled_lifetime"
+
+# One hand-tuned PPO per environment: `training`, envs per runner, observation
+# normalisation, activation.
+TUNED = {
+    # RLlib's tuned CartPole example (lr 3e-4, vf_loss_coeff 0.01), batch 2000.
+    "CartPole-v1": ({"lr": 3e-4, "gamma": 0.99, "train_batch_size_per_learner": 2000,
+                     "minibatch_size": 128, "num_epochs": 10, "vf_loss_coeff": 0.01}, 8, True, "tanh"),
+    # RLlib's tuned Pendulum example (rllib/tuned_examples/ppo/pendulum_ppo.py).
+    "Pendulum-v1": ({"lr": 3e-4, "gamma": 0.95, "lambda_": 0.1, "train_batch_size_per_learner": 1024,
+                     "minibatch_size": 128, "num_epochs": 6, "vf_clip_param": 10.0,
+                     "vf_loss_coeff": 0.01}, 20, True, "relu"),
+    # rl-baselines3-zoo's LunarLander PPO (gamma 0.999, lambda 0.98, entropy
+    # 0.01, 4 epochs, 16 envs) with RLlib's minibatch 128.
+    "LunarLander-v3": ({"lr": 3e-4, "gamma": 0.999, "lambda_": 0.98, "train_batch_size_per_learner": 4096,
+                        "minibatch_size": 128, "num_epochs": 4, "entropy_coeff": 0.01,
+                        "vf_loss_coeff": 0.01}, 16, True, "tanh"),
+}
+
+
+def run_tuned(env: str, seed: int, folder: Path) -> dict:
+    import ray
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    training, envs, normalise, activation = TUNED[env]
+    start = time.time()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    config = (PPOConfig().environment(env)
+              .env_runners(num_env_runners=0, num_envs_per_env_runner=envs,
+                           env_to_module_connector=(lambda *_: MeanStdFilter()) if normalise else None)
+              .training(**training)
+              .rl_module(model_config=DefaultModelConfig(fcnet_activation=activation))
+              .debugging(seed=seed))
+    algo = config.build_algo()
+    while time.time() - start < CAP_S:
+        result = algo.train()
+        runners = result["env_runners"]
+        if runners.get("episode_return_mean", float("-inf")) >= TARGETS[env]:
+            return {"wall": time.time() - start, "steps": runners["num_env_steps_sampled_lifetime"]}
+    return {"wall": None, "steps": None}
+
+
+def run_pbtflow(env: str, seed: int, folder: Path) -> dict:
+    import pbtflow
+
+    experiment = pbtflow.Experiment(
+        env=env, stop_return=TARGETS[env], stop_iters=100_000, seed=seed,
+        storage_path=str(folder / "ray"), tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        experiment_name=f"bench-{env}", upload_checkpoint=False)
+    # The cap: an interruption ends the population as a user's Ctrl-C would.
+    timer = threading.Timer(CAP_S, lambda: os.kill(os.getpid(), 2))
+    timer.daemon = True
+    start = time.time()
+    timer.start()
+    try:
+        results = pbtflow.tune(experiment)
+    except BaseException as error:  # interrupted at the cap
+        return {"wall": None, "steps": None, "note": type(error).__name__}
+    finally:
+        timer.cancel()
+    reached = [r.metrics for r in results
+               if r.metrics and (r.metrics.get("env_runners") or {}).get("episode_return_mean",
+                                                                         float("-inf")) >= TARGETS[env]]
+    if not reached:
+        return {"wall": None, "steps": None, "errors": results.num_errors}
+    first = min(reached, key=lambda m: m["timestamp"])
+    return {"wall": first["timestamp"] - start, "steps": first["env_runners"]["num_env_steps_sampled_lifetime"],
+            "errors": results.num_errors, "preset": experiment.preset}
+
+
+def one(side: str, env: str, seed: int, folder: str) -> None:
+    """Child process: one side, one env, one seed; prints one JSON line."""
+    logging.disable(logging.WARNING)
+    folder = Path(folder)
+    os.chdir(folder)  # MLflow keeps a SQLite store's artifacts in ./mlruns
+    row = (run_tuned if side == "tuned" else run_pbtflow)(env, seed, folder)
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def spawn(side: str, env: str, seed: int, tmp: Path) -> dict:
+    folder = tmp / f"{side}-{env}-{seed}"
+    folder.mkdir()
+    try:
+        done = subprocess.run([sys.executable, __file__, "--one", side, env, str(seed), str(folder)],
+                              capture_output=True, text=True, timeout=CAP_S + 180)
+    except subprocess.TimeoutExpired:
+        return {"wall": None, "steps": None, "note": "killed at the cap"}
+    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if not rows:
+        return {"wall": None, "steps": None, "note": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(rows[-1])
+
+
+def median(values: list) -> float | None:
+    found = [v for v in values if v is not None]
+    return statistics.median(found) if len(found) > len(values) / 2 else None
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "capped" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--envs", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        side, env, seed, folder = args.one
+        return one(side, env, int(seed), folder)
+    table = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for env in args.envs:
+            rows: dict[str, list[dict]] = {"tuned": [], "pbtflow": []}
+            for seed in range(args.seeds):
+                for side in (("tuned", "pbtflow") if seed % 2 == 0 else ("pbtflow", "tuned")):
+                    row = spawn(side, env, seed, Path(tmp))
+                    rows[side].append(row)
+                    print(f"{env} seed {seed} {side}: {fmt(row['wall'], 1)} s, {fmt(row['steps'])} "
+                          f"env steps {row.get('note', '')}", flush=True)
+            tuned = [median([r[k] for r in rows["tuned"]]) for k in ("wall", "steps")]
+            pbt = [median([r[k] for r in rows["pbtflow"]]) for k in ("wall", "steps")]
+            ratio = pbt[0] / tuned[0] if None not in (pbt[0], tuned[0]) else None
+            table.append((env, TARGETS[env], rows, tuned, pbt, ratio))
+    print()
+    print("| env | target | tuned single run: wall s (per seed) | env steps | "
+          "pbtflow default PBT: wall s (per seed) | env steps | PBT / tuned wall |")
+    print("|---|---:|---|---:|---|---:|---:|")
+    for env, target, rows, tuned, pbt, ratio in table:
+        per = {side: " / ".join(fmt(r["wall"]) for r in found) for side, found in rows.items()}
+        print(f"| {env} | {target:g} | {per['tuned']} (median {fmt(tuned[0])}) | {fmt(tuned[1])} | "
+              f"{per['pbtflow']} (median {fmt(pbt[0])}) | {fmt(pbt[1])} | "
+              f"{'n/a' if ratio is None else f'{ratio:.2f}x'} |")
+
+
+if __name__ == "__main__":
+    main()
