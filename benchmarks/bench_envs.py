@@ -11,8 +11,8 @@ environment, in one run on this machine: CartPole-v1 (target 450), Pendulum-v1
 
 Both figures are measured from the start of the side's process work (Ray's
 start-up and the algorithm's build included) to the first result that
-reaches the target: wall seconds and that member's env steps (under PBT they
-include the steps of the members it copied). Each side runs in a fresh
+reaches the target: wall seconds, and env steps (the tuned run's; under PBT
+all members' steps together, the price of the population). Each side runs in a fresh
 process with a 10-minute cap; sides alternate, medians over seeds.
 
     python benchmarks/bench_envs.py                      # 3 seeds, the three envs (~1 h on 2 cores)
@@ -22,6 +22,7 @@ process with a 10-minute cap; sides alternate, medians over seeds.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -72,12 +73,15 @@ def run_tuned(env: str, seed: int, folder: Path) -> dict:
               .rl_module(model_config=DefaultModelConfig(fcnet_activation=activation))
               .debugging(seed=seed))
     algo = config.build_algo()
+    last = float("nan")
     while time.time() - start < CAP_S:
         result = algo.train()
         runners = result["env_runners"]
-        if runners.get("episode_return_mean", float("-inf")) >= TARGETS[env]:
+        value = runners.get("episode_return_mean", float("nan"))
+        last = value if value == value else last
+        if value >= TARGETS[env]:
             return {"wall": time.time() - start, "steps": runners["num_env_steps_sampled_lifetime"]}
-    return {"wall": None, "steps": None}
+    return {"wall": None, "steps": None, "note": f"return {last:.0f} at the cap"}
 
 
 def run_pbtflow(env: str, seed: int, folder: Path) -> dict:
@@ -94,8 +98,17 @@ def run_pbtflow(env: str, seed: int, folder: Path) -> dict:
     timer.start()
     try:
         results = pbtflow.tune(experiment)
-    except BaseException as error:  # interrupted at the cap
-        return {"wall": None, "steps": None, "note": type(error).__name__}
+    except BaseException as error:  # interrupted at the cap: the best return MLflow holds
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(experiment.tracking_uri)
+        found = client.get_experiment_by_name(experiment.experiment_name)
+        runs = client.search_runs([found.experiment_id]) if found else []
+        best = max((r.data.metrics[RETURN] for r in runs if RETURN in r.data.metrics), default=None)
+        note = type(error).__name__
+        if best is not None:
+            note += f"; best member's return {best:.0f} at the cap"
+        return {"wall": None, "steps": None, "note": note}
     finally:
         timer.cancel()
     reached = [r.metrics for r in results
@@ -104,8 +117,20 @@ def run_pbtflow(env: str, seed: int, folder: Path) -> dict:
     if not reached:
         return {"wall": None, "steps": None, "errors": results.num_errors}
     first = min(reached, key=lambda m: m["timestamp"])
-    return {"wall": first["timestamp"] - start, "steps": first["env_runners"]["num_env_steps_sampled_lifetime"],
+    return {"wall": first["timestamp"] - start, "steps": population_steps(results, first["timestamp"]),
             "errors": results.num_errors, "preset": experiment.preset}
+
+
+def population_steps(results, until: float) -> int:
+    """Env steps all members sampled until ``until``, from each trial's
+    progress.csv (a member's own lifetime counter restarts at each exploit:
+    RLlib does not restore it)."""
+    total = 0
+    for result in results:
+        with open(Path(result.path) / "progress.csv") as rows:
+            total += sum(float(row["env_runners/num_env_steps_sampled"] or 0)
+                         for row in csv.DictReader(rows) if float(row["timestamp"]) <= until)
+    return int(total)
 
 
 def one(side: str, env: str, seed: int, folder: str) -> None:
@@ -165,7 +190,7 @@ def main() -> None:
             table.append((env, TARGETS[env], rows, tuned, pbt, ratio))
     print()
     print("| env | target | tuned single run: wall s (per seed) | env steps | "
-          "pbtflow default PBT: wall s (per seed) | env steps | PBT / tuned wall |")
+          "pbtflow default PBT: wall s (per seed) | env steps, all members | PBT / tuned wall |")
     print("|---|---:|---|---:|---|---:|---:|")
     for env, target, rows, tuned, pbt, ratio in table:
         per = {side: " / ".join(fmt(r["wall"]) for r in found) for side, found in rows.items()}
