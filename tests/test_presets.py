@@ -5,6 +5,8 @@ explore function can produce."""
 
 import random
 
+import gymnasium
+import numpy as np
 import pytest
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.tune.search.sample import Domain
@@ -35,11 +37,16 @@ def test_a_preset_the_user_names_is_kept(preset):
     assert Experiment(env="Pendulum-v1", preset=preset).preset == preset
 
 
-def test_an_action_space_no_preset_covers_names_the_fix():
-    import gymnasium
+class DictActionsEnv(gymnasium.Env):
+    """An environment whose actions are a Dict: neither PPO preset covers it."""
 
-    gymnasium.register("pbtflow-test/DictActions-v0",
-                       entry_point="user_trainables:DictActionsEnv")
+    def __init__(self, **kwargs):
+        self.observation_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gymnasium.spaces.Dict({"a": gymnasium.spaces.Discrete(2)})
+
+
+def test_an_action_space_no_preset_covers_names_the_fix():
+    gymnasium.register("pbtflow-test/DictActions-v0", entry_point=DictActionsEnv)
     with pytest.raises(ExperimentError, match="preset: .*Dict action space.*--preset"):
         Experiment(env="pbtflow-test/DictActions-v0")
     assert Experiment(env="pbtflow-test/DictActions-v0", preset="cluster").preset == "cluster"

@@ -1,8 +1,6 @@
 """Function trainables written as a user would, for the tests: they use
 pbtflow.checkpoint and nothing else from pbtflow."""
 
-import gymnasium
-import numpy as np
 from ray import tune
 
 from pbtflow import checkpoint
@@ -107,11 +105,3 @@ class Climber(tune.Trainable):
 class NotATrainable:
     def __call__(self, config):
         return None
-
-
-class DictActionsEnv(gymnasium.Env):
-    """An environment whose actions are a Dict: neither PPO preset covers it."""
-
-    def __init__(self, **kwargs):
-        self.observation_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.action_space = gymnasium.spaces.Dict({"a": gymnasium.spaces.Discrete(2)})
