@@ -85,8 +85,9 @@ class Experiment:
                                "trainable's own repair.", shown_default="none",
         invalid=("not a path", "no_such_module:explore"))
     preset: str = _opt("auto", "PPO's search-space preset: 'discrete' or 'continuous' (sized for "
-                       "2 CPU cores; the first member starts from RLlib's tuned CartPole or "
-                       "Pendulum settings), 'cluster' (DESIGN.md's reference space, large batches), "
+                       "2 CPU cores; the first members start from known-good settings: RLlib's "
+                       "tuned CartPole and rl-zoo's LunarLander, or RLlib's tuned Pendulum), "
+                       "'cluster' (DESIGN.md's reference space, large batches), "
                        "or 'auto': discrete or continuous by the environment's action space.",
                        only="ppo", invalid=("tiny", "laptop"))
     cpus_per_trial_process: float | None = _opt(None, "CPUs reserved for a trial's own process "
