@@ -1,7 +1,9 @@
 """End to end: PBT on RLlib PPO, tracked in a real MLflow store and a real
 `mlflow server` over HTTP, on a real 2-CPU Ray runtime."""
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -62,6 +64,20 @@ def test_exploits_match_rays_own_log_and_change_the_schedule(smoke_run):
         if events:  # the copied member's hp/* history changes at the exploit
             lambdas = [m.value for m in client.get_metric_history(child.info.run_id, "hp/lambda")]
             assert len(set(lambdas)) > 1
+
+
+def test_each_member_keeps_one_actor_across_exploits(smoke_run):
+    """Tune's actor reuse: the Ray worker processes that reported results
+    (Tune's own `pid` in each trial's progress.csv) number the population,
+    though every member was paused and restored at each sync."""
+    results, _, _ = smoke_run
+    assert sum(count_global_log(results.experiment_path).values()) >= 1
+    pids = set()
+    for result in results:
+        rows = list(csv.DictReader(open(Path(result.path) / "progress.csv")))
+        assert len(rows) > 4
+        pids |= {row["pid"] for row in rows}
+    assert len(pids) == 2
 
 
 def test_learner_uses_the_perturbed_values(smoke_run):

@@ -8,6 +8,7 @@ import random
 import gymnasium
 import numpy as np
 import pytest
+from ray import tune
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.tune.search.sample import Domain
 
@@ -133,7 +134,7 @@ def test_every_mutation_stays_valid_after_the_repair(preset):
 def test_an_iteration_that_ends_no_episode_repeats_the_last_return():
     """RLlib's stream for 20 vectorised Pendulum envs: episodes end together
     every fourth iteration, NaN in between."""
-    from pbtflow.trainables.ppo import _episode_stats
+    from pbtflow.trainables.ppo_algorithm import _episode_stats
 
     class Callback:
         pass
@@ -152,3 +153,11 @@ def test_an_iteration_that_ends_no_episode_repeats_the_last_return():
     fresh = {"env_runners": {"episode_return_mean": nan, "num_episodes": 0}}
     _episode_stats(Callback(), fresh)  # a member just restored: nothing to repeat
     assert "episode_return_mean" not in fresh["env_runners"]
+
+
+@pytest.mark.parametrize("preset", ["discrete", "continuous", "cluster"])
+def test_members_share_actors_unless_they_differ_in_what_a_live_actor_cannot_change(preset):
+    assert build(Experiment(env="CartPole-v1", preset=preset)).reuse_actors
+    varied = Experiment(env="CartPole-v1", preset=preset,
+                        initial={"num_envs_per_env_runner": tune.choice([1, 2])})
+    assert not build(varied).reuse_actors  # each member builds its own env runners

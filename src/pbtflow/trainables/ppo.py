@@ -1,10 +1,11 @@
 """RLlib PPO (new API stack) on any gymnasium environment: the search-space
-presets and the repair that keeps mutated PPO settings consistent. This is the
-only module that imports ``ray.rllib``."""
+presets and the repair that keeps mutated PPO settings consistent. The
+Algorithm the members run is in ``ppo_algorithm``; RLlib is imported only
+when a PPO experiment is built."""
 
 from __future__ import annotations
 
-import math
+import logging
 from typing import Any
 
 from ray import tune
@@ -13,6 +14,8 @@ from ray.tune.search.sample import Domain
 from pbtflow import names
 from pbtflow.pbt import check_initial_in_range, check_mutations
 from pbtflow.trainables import TrainableSpec
+
+log = logging.getLogger(__name__)
 
 LR_STEPS = [1e-3, 5e-4, 3e-4, 1e-4, 5e-5, 1e-5]  # adjacent moves under PBT
 
@@ -138,8 +141,6 @@ SMOKE_INITIAL = {
 }
 
 EPISODES_THIS_ITER = "env_runners/num_episodes"
-# The per-episode stats RLlib reports as NaN in an iteration that ended no episode.
-EPISODE_STATS = ("episode_return_mean", "episode_return_max", "episode_return_min", "episode_len_mean")
 
 # A curated set: one PPO result has ~96 numeric keys and Azure ML's MLflow
 # caps metric names per run, so never log the whole result.
@@ -162,38 +163,6 @@ LOGGED_METRICS = (
     "time_total_s",
     names.TRAINING_ITERATION,
 )
-
-
-def _effective_values_callback():
-    from ray.rllib.callbacks.callbacks import RLlibCallback
-
-    class EffectiveValues(RLlibCallback):
-        """Reports the values the learner really trains with, so that tracking
-        can check them against what PBT set (a restored checkpoint has been
-        known to override perturbed values: ray issues 62173, 35640)."""
-
-        def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs):
-            _episode_stats(self, result)
-            learner = getattr(algorithm.learner_group, "_learner", None)
-            config = learner.config if learner is not None else algorithm.config
-            module = config.get_config_for_module("default_policy")
-            effective = {
-                "gamma": config.gamma,
-                "clip_param": module.clip_param,
-                "lambda": module.lambda_,
-                "entropy_coeff": module.entropy_coeff,
-                "vf_loss_coeff": module.vf_loss_coeff,
-                "num_epochs": algorithm.config.num_epochs,
-                "minibatch_size": algorithm.config.minibatch_size,
-                "train_batch_size_per_learner": algorithm.config.train_batch_size_per_learner,
-            }
-            lr = result.get("learners", {}).get("default_policy", {}).get(
-                "default_optimizer_learning_rate")  # read from the optimizer itself
-            if lr is not None:
-                effective["lr"] = lr
-            result["effective"] = effective
-
-    return EffectiveValues
 
 
 def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> None:
@@ -225,6 +194,8 @@ def mean_std_filter(env, spaces, device):
 def build(experiment) -> TrainableSpec:
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    from pbtflow.trainables.ppo_algorithm import IN_PLACE, PBTPPO, EffectiveValues, reusable
 
     preset = PRESETS[experiment.preset]
     users = experiment.initial or {}
@@ -259,21 +230,25 @@ def build(experiment) -> TrainableSpec:
         .resources(num_cpus_for_main_process=experiment.cpus_per_trial_process)
         .rl_module(model_config=DefaultModelConfig(fcnet_activation=preset["fcnet_activation"]))
         .debugging(seed=experiment.seed)
-        .callbacks(_effective_values_callback())
+        .callbacks(EffectiveValues)
     )
     param_space = config.to_dict()
     param_space.update(initial)
+    varying = set(mutations) | {k for p in points for k in p} | {
+        k for k, v in initial.items() if isinstance(v, Domain)}
+    reuse = reusable(varying)
+    if not reuse:
+        log.info("pbtflow: members differ in %s, which a live PPO actor cannot change, so each "
+                 "exploit starts a new actor.", ", ".join(sorted(varying - IN_PLACE)))
     return TrainableSpec(
-        trainable="PPO",
+        trainable=PBTPPO,
         param_space=param_space,
         metric=names.RETURN_MEAN,
         mutations=mutations,
         hyperparameters=tuple(initial),
         repair=repair,
         logged_metrics=LOGGED_METRICS,
-        # An RLlib Algorithm cannot reset its config in place; Tune would
-        # restart the actor anyway.
-        reuse_actors=False,
+        reuse_actors=reuse,
         tags={"env": experiment.env},
         points_to_evaluate=points or None,
         metric_pending=no_episode_finished,
@@ -283,24 +258,6 @@ def build(experiment) -> TrainableSpec:
 def no_episode_finished(flat_result: dict) -> bool:
     """No episode ended in this iteration, so there may be no return yet:
     long episodes outlast the first small batches, and the first iteration of
-    a restored member has nothing to repeat (see ``_episode_stats``)."""
+    a restored member has nothing to repeat (see ``ppo_algorithm._episode_stats``)."""
     return not flat_result.get(EPISODES_THIS_ITER)
 
-
-def _episode_stats(callback, result: dict) -> None:
-    """RLlib 2.60 reports the episode return as NaN in an iteration that ended
-    no episode (vectorised envs of fixed length end theirs together, so most
-    iterations do). The return over the recent episodes has not changed, so
-    repeat the last one this member reported; a member with nothing to repeat
-    (just restored) leaves it out, as before its first episode. NaN would make
-    PBT's ranking arbitrary and the best member a matter of luck."""
-    runners = result.get("env_runners") or {}
-    value = runners.get("episode_return_mean")
-    if value is None:
-        return
-    if math.isnan(value):
-        for key in EPISODE_STATS:
-            runners.pop(key, None)
-        runners.update(getattr(callback, "last_episode_stats", {}))
-    else:
-        callback.last_episode_stats = {k: runners[k] for k in EPISODE_STATS if k in runners}

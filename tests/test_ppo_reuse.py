@@ -1,0 +1,96 @@
+"""A live PPO Algorithm reset for another member (Tune's actor reuse) behaves
+as a freshly built one: RLlib itself is the reference (a second Algorithm
+built from scratch, the donor's own weights and filter, the optimizer)."""
+
+import numpy as np
+import pytest
+
+from pbtflow.trainables.ppo import mean_std_filter
+from pbtflow.trainables.ppo_algorithm import PBTPPO, EffectiveValues
+
+
+def config(**overrides):
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    built = (PPOConfig().environment("CartPole-v1")
+             .env_runners(num_env_runners=0, num_envs_per_env_runner=2,
+                          env_to_module_connector=mean_std_filter)
+             .training(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=2)
+             .callbacks(EffectiveValues).debugging(seed=0))
+    values = built.to_dict()
+    values.update(overrides)
+    return values
+
+
+def weights(algo):
+    learner = algo.learner_group._learner.module["default_policy"].state_dict()
+    runner = algo.env_runner.module.state_dict()
+    return ({k: np.array(v, copy=True) for k, v in learner.items()},  # not views of live tensors
+            {k: np.array(v, copy=True) for k, v in runner.items()})
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.allclose(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def donor(ray_runtime, tmp_path_factory):
+    algo = PBTPPO(config=config())
+    for _ in range(2):
+        algo.train()
+    path = tmp_path_factory.mktemp("donor")
+    algo.save_checkpoint(str(path))
+    yield algo, str(path)
+    algo.stop()
+
+
+def test_exploit_into_a_live_actor_loads_the_donor_and_applies_the_new_values(donor):
+    donor_algo, checkpoint = donor
+    algo = PBTPPO(config=config(lr=1e-3))
+    for _ in range(4):  # further along than the donor: RLlib skips older weights unless reset
+        algo.train()
+    new = {"lr": 5e-5, "gamma": 0.9, "lambda": 0.5, "entropy_coeff": 0.01,
+           "train_batch_size_per_learner": 512, "num_epochs": 3}
+    assert algo.reset(config(**new)) is True
+    algo.restore(checkpoint)
+
+    donor_weights, _ = weights(donor_algo)
+    learner, runner = weights(algo)
+    assert same(learner, donor_weights)
+    assert same(runner, {k: learner[k] for k in runner})  # the env runner acts with them
+    filters = [algo.env_runner._env_to_module.get_state(), donor_algo.env_runner._env_to_module.get_state()]
+    assert str(filters[0]) == str(filters[1])  # the donor's observation statistics
+
+    result = algo.train()
+    learners = result["learners"]["default_policy"]
+    assert learners["default_optimizer_learning_rate"] == pytest.approx(5e-5)
+    assert learners["curr_entropy_coeff"] == pytest.approx(0.01)
+    assert result["env_runners"]["num_env_steps_sampled"] == 512
+    effective = result["effective"]
+    for key in ("gamma", "lambda", "num_epochs", "train_batch_size_per_learner"):
+        assert effective[key] == pytest.approx(new[key]), key
+    algo.stop()
+
+
+def test_a_new_member_on_a_live_actor_starts_from_fresh_weights(ray_runtime):
+    reference = PBTPPO(config=config(lr=1e-3))
+    fresh = weights(reference)
+    expected = reference.train()["env_runners"]["num_env_steps_sampled_lifetime"]
+    reference.stop()
+    algo = PBTPPO(config=config())
+    for _ in range(2):
+        algo.train()
+    assert not same(weights(algo)[0], fresh[0])
+    assert algo.reset(config(lr=1e-3)) is True  # no checkpoint follows
+    assert same(weights(algo)[0], fresh[0]) and same(weights(algo)[1], fresh[1])
+    result = algo.train()
+    assert result["training_iteration"] == 1
+    assert result["env_runners"]["num_env_steps_sampled_lifetime"] == expected  # its own only
+    assert result["learners"]["default_policy"]["default_optimizer_learning_rate"] == 1e-3
+    algo.stop()
+
+
+def test_a_change_that_needs_a_new_actor_is_refused(ray_runtime):
+    algo = PBTPPO(config=config())
+    assert algo.reset(config(num_envs_per_env_runner=4)) is False
+    algo.stop()
