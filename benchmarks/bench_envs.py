@@ -86,6 +86,7 @@ def run_tuned(env: str, seed: int, folder: Path) -> dict:
 
 def run_pbtflow(env: str, seed: int, folder: Path) -> dict:
     import pbtflow
+    from pbtflow.lineage import count_global_log  # Ray's own PBT log
 
     experiment = pbtflow.Experiment(
         env=env, stop_return=TARGETS[env], stop_iters=100_000, seed=seed,
@@ -117,20 +118,25 @@ def run_pbtflow(env: str, seed: int, folder: Path) -> dict:
     if not reached:
         return {"wall": None, "steps": None, "errors": results.num_errors}
     first = min(reached, key=lambda m: m["timestamp"])
-    return {"wall": first["timestamp"] - start, "steps": population_steps(results, first["timestamp"]),
-            "errors": results.num_errors, "preset": experiment.preset}
+    steps, actors = population_steps(results, first["timestamp"])
+    return {"wall": first["timestamp"] - start, "steps": steps, "actors": actors,
+            "exploits": sum(count_global_log(results.experiment_path).values()),
+            "errors": results.num_errors}
 
 
-def population_steps(results, until: float) -> int:
-    """Env steps all members sampled until ``until``, from each trial's
-    progress.csv (a member's own lifetime counter restarts at each exploit:
+def population_steps(results, until: float) -> tuple[int, int]:
+    """Env steps all members sampled until ``until``, and the worker
+    processes (actors) that ran them, from each trial's progress.csv (Tune's
+    `pid`; a member's own lifetime step counter restarts at each exploit:
     RLlib does not restore it)."""
-    total = 0
+    total, pids = 0, set()
     for result in results:
         with open(Path(result.path) / "progress.csv") as rows:
-            total += sum(float(row["env_runners/num_env_steps_sampled"] or 0)
-                         for row in csv.DictReader(rows) if float(row["timestamp"]) <= until)
-    return int(total)
+            for row in csv.DictReader(rows):
+                if float(row["timestamp"]) <= until:
+                    total += float(row["env_runners/num_env_steps_sampled"] or 0)
+                    pids.add(row["pid"])
+    return int(total), len(pids)
 
 
 def one(side: str, env: str, seed: int, folder: str) -> None:
@@ -182,8 +188,10 @@ def main() -> None:
                 for side in (("tuned", "pbtflow") if seed % 2 == 0 else ("pbtflow", "tuned")):
                     row = spawn(side, env, seed, Path(tmp))
                     rows[side].append(row)
+                    extra = (f", {row['actors']} actors, {row['exploits']} exploits"
+                             if "actors" in row else "")
                     print(f"{env} seed {seed} {side}: {fmt(row['wall'], 1)} s, {fmt(row['steps'])} "
-                          f"env steps {row.get('note', '')}", flush=True)
+                          f"env steps{extra} {row.get('note', '')}", flush=True)
             tuned = [median([r[k] for r in rows["tuned"]]) for k in ("wall", "steps")]
             pbt = [median([r[k] for r in rows["pbtflow"]]) for k in ("wall", "steps")]
             ratio = pbt[0] / tuned[0] if None not in (pbt[0], tuned[0]) else None

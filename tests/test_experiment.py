@@ -9,7 +9,7 @@ def test_defaults_are_the_ppo_discrete_preset_on_cartpole():
     exp = Experiment()
     assert (exp.trainable, exp.env, exp.population, exp.stop_return) == ("ppo", "CartPole-v1", 4, 450.0)
     assert exp.preset == "discrete"  # picked from CartPole's action space
-    assert exp.perturbation_checkpoint_interval == exp.perturbation_interval == 3
+    assert exp.perturbation_checkpoint_interval == exp.perturbation_interval == 10
 
 
 def test_smoke_shrinks_the_population_and_budget():
@@ -72,7 +72,7 @@ def test_accepted_boundaries(key, value):
     ("stop_iters", 0, "at least 1"),
     ("mode", "maximum", "'max' or 'min'"),
     ("num_env_runners", -1, "0 or more"),
-    ("checkpoint_interval", 2, "must divide perturbation_interval=3"),
+    ("checkpoint_interval", 3, "must divide perturbation_interval=10"),
     ("env", "CartPole-v2", "did you mean 'CartPole-v1'"),
     ("env", "NoSuchThing", "not a registered gymnasium"),
     ("trainable", "not a path", "package.module:function"),

@@ -53,6 +53,9 @@ def test_exploit_into_a_live_actor_loads_the_donor_and_applies_the_new_values(do
            "train_batch_size_per_learner": 512, "num_epochs": 3}
     assert algo.reset(config(**new)) is True
     algo.restore(checkpoint)
+    optimizers = algo.learner_group._learner._named_optimizers.values()
+    # the restored optimizer state carries the donor's lr: the first update must not use it
+    assert [group["lr"] for o in optimizers for group in o.param_groups] == [5e-5]
 
     donor_weights, _ = weights(donor_algo)
     learner, runner = weights(algo)
