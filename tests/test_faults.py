@@ -243,8 +243,8 @@ def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
     does, the population stop included."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     # Asynchronous PBT may reach the target before any exploit: for the third
-    # point, synchronous PBT makes the first exploit certain (at iteration 3).
-    extra = ["--synch"] if point == "after an exploit" else []
+    # point, synchronous PBT every 3 iterations makes an early exploit certain.
+    extra = ["--synch", "--perturbation-interval", "3"] if point == "after an exploit" else []
     proc = subprocess.Popen([sys.executable, str(ENTRY), "--seed", "1", *extra], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
