@@ -132,8 +132,9 @@ DRIVER = textwrap.dedent("""
         smoke=True, population=2, cpus_per_trial_process=1, seed=0, experiment_name="two-nodes",
         storage_path=sys.argv[1], tracking_uri=sys.argv[2]))
     # Ray's own record of where every trial's placement group was placed.
+    # A group Tune created and removed unused (actor reuse) has no node: ''.
     placed = sorted({node for group in ray.util.placement_group_table().values()
-                     for node in group["bundles_to_node_id"].values()})
+                     for node in group["bundles_to_node_id"].values()} - {""})
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
     print("RESULT " + json.dumps({"nodes": nodes, "placed": placed, "trials": len(results),
                                   "errors": results.num_errors,

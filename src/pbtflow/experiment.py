@@ -108,7 +108,7 @@ class Experiment:
         invalid=("-1",))
     checkpoint_interval: int | None = _opt(None, "Checkpoint every this many iterations; must divide "
                                            "the perturbation interval (default: equal to it).",
-        invalid=("0", "2"))
+        invalid=("0", "3"))
     max_failures: int = _opt(2, "Times Tune retries a failed trial from its latest checkpoint.",
         invalid=("-2",))
     stall_timeout: float | None = _opt(None, "End the experiment as interrupted (state saved, runs "
