@@ -65,11 +65,15 @@ def _assert_clean_record(tmp_path, name):
 def test_killed_worker_is_retried_into_the_same_child_run(tmp_path):
     proc = _start(tmp_path, "--experiment-name", "kill")
     _wait_for_rows(tmp_path, 4, proc)
+    # A member's actor runs pbtflow's PPO (PBTPPO): Ray titles it "ray::PBTPPO.train" etc.
+    def is_member(title: str) -> bool:
+        return title.startswith(("ray::PBTPPO", "ray::PPO"))
+
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-               if p.name().startswith("ray::PPO") or "ray::PPO" in " ".join(p.cmdline())]
+               if is_member(p.name()) or is_member(" ".join(p.cmdline()))]
     if not workers:  # Ray's workers are children of its raylet, not of the driver
         workers = [p for p in psutil.process_iter(["cmdline"])
-                   if (p.info["cmdline"] or [""])[0].startswith("ray::PPO")
+                   if is_member((p.info["cmdline"] or [""])[0])
                    and str(tmp_path) in " ".join(p.cwd() for _ in [0])]
     assert workers, "no PPO worker process found"
     workers[0].send_signal(signal.SIGKILL)
