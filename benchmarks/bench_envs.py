@@ -84,14 +84,14 @@ def run_tuned(env: str, seed: int, folder: Path) -> dict:
     return {"wall": None, "steps": None, "note": f"return {last:.0f} at the cap"}
 
 
-def run_pbtflow(env: str, seed: int, folder: Path) -> dict:
+def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None) -> dict:
     import pbtflow
     from pbtflow.lineage import count_global_log  # Ray's own PBT log
 
     experiment = pbtflow.Experiment(
         env=env, stop_return=TARGETS[env], stop_iters=100_000, seed=seed,
         storage_path=str(folder / "ray"), tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-        experiment_name=f"bench-{env}", upload_checkpoint=False)
+        experiment_name=f"bench-{env}", upload_checkpoint=False, cpus_per_trial_process=cpus)
     # The cap: an interruption ends the population as a user's Ctrl-C would.
     timer = threading.Timer(CAP_S, lambda: os.kill(os.getpid(), 2))
     timer.daemon = True
@@ -139,20 +139,22 @@ def population_steps(results, until: float) -> tuple[int, int]:
     return int(total), len(pids)
 
 
-def one(side: str, env: str, seed: int, folder: str) -> None:
+def one(side: str, env: str, seed: int, folder: str, cpus: float | None = None) -> None:
     """Child process: one side, one env, one seed; prints one JSON line."""
     logging.disable(logging.WARNING)
     folder = Path(folder)
     os.chdir(folder)  # MLflow keeps a SQLite store's artifacts in ./mlruns
-    row = (run_tuned if side == "tuned" else run_pbtflow)(env, seed, folder)
+    row = run_tuned(env, seed, folder) if side == "tuned" else run_pbtflow(env, seed, folder, cpus)
     print("ROW " + json.dumps(row), flush=True)
 
 
-def spawn(side: str, env: str, seed: int, tmp: Path) -> dict:
+def spawn(side: str, env: str, seed: int, tmp: Path, cpus: float | None = None) -> dict:
     folder = tmp / f"{side}-{env}-{seed}"
     folder.mkdir()
     try:
-        done = subprocess.run([sys.executable, __file__, "--one", side, env, str(seed), str(folder)],
+        extra = ["--cpus-per-trial-process", str(cpus)] if cpus else []
+        done = subprocess.run([sys.executable, __file__, "--one", side, env, str(seed), str(folder),
+                               *extra],
                               capture_output=True, text=True, timeout=CAP_S + 180)
     except subprocess.TimeoutExpired:
         return {"wall": None, "steps": None, "note": "killed at the cap"}
@@ -175,18 +177,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--envs", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    parser.add_argument("--cpus-per-trial-process", type=float, default=None,
+                        help="pbtflow's CPUs per member (default: pbtflow's own default)")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         side, env, seed, folder = args.one
-        return one(side, env, int(seed), folder)
+        return one(side, env, int(seed), folder, args.cpus_per_trial_process)
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for env in args.envs:
             rows: dict[str, list[dict]] = {"tuned": [], "pbtflow": []}
             for seed in range(args.seeds):
                 for side in (("tuned", "pbtflow") if seed % 2 == 0 else ("pbtflow", "tuned")):
-                    row = spawn(side, env, seed, Path(tmp))
+                    row = spawn(side, env, seed, Path(tmp), args.cpus_per_trial_process)
                     rows[side].append(row)
                     extra = (f", {row['actors']} actors, {row['exploits']} exploits"
                              if "actors" in row else "")

@@ -14,7 +14,9 @@ passes 200 (``done``). Sides, each in a fresh process:
   ``stop_all()`` ends the population at the first done (also used by
   ``defaults``, so that both stop at the same point);
 - ``pbtflow``: ``pbtflow.tune`` with the same function as a user trainable,
-  MLflow on a SQLite store; the driver's time is split by pbtflow component.
+  MLflow on a SQLite store; the driver's time is split by pbtflow component
+  (``--sides ...,pbtflow-shared``: the same with a quarter CPU per member, so
+  that all 8 train at once, pbtflow's earlier default).
 
 Rounds alternate the order of the sides; medians and ratios are printed.
 Each side starts Ray the same way (2 CPUs, no dashboard) inside the timed span.
@@ -126,7 +128,7 @@ def _rows(results) -> int:
     return sum(len(r.metrics_dataframe) for r in results if r.metrics_dataframe is not None)
 
 
-def run_pbtflow(storage: str, seed: int) -> dict:
+def run_pbtflow(storage: str, seed: int, cpus: float | None = None) -> dict:
     import ray
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback
@@ -152,7 +154,12 @@ def run_pbtflow(storage: str, seed: int) -> dict:
         (tuning._Population, "is_finished", "population generator"),
         (BasicVariantGenerator, "next_trial", "population generator"),
         (BasicVariantGenerator, "on_trial_complete", "population generator"),
+        (pbtflow, "tune", "pbtflow.tune (all of it)"),
         (tracking, "check_reachable", "start: tracking check"),
+        (tracking, "_experiment_id", "start: MLflow store and experiment"),
+        (tracking.ParentRun, "end", "end: parent run"),
+        (tuning, "_check_storage", "start: storage check"),
+        (tuning, "_init_ray", "start: Ray (already up)"),
         (tracking.ParentRun, "log_experiment", "start: parent run"),
         (tuning, "_new_tuner", "start: build tuner"),
         (ray_tune.Tuner, "fit", "Tuner.fit"),
@@ -167,12 +174,13 @@ def run_pbtflow(storage: str, seed: int) -> dict:
     experiment = pbtflow.Experiment(
         trainable=TRAINABLE, population=POPULATION, perturbation_interval=INTERVAL,
         checkpoint_interval=INTERVAL, metric="mean_accuracy", stop_return=TARGET,
-        stop_iters=MAX_ITERS, seed=seed, storage_path=storage,
+        stop_iters=MAX_ITERS, seed=seed, storage_path=storage, cpus_per_trial_process=cpus,
         tracking_uri=f"sqlite:///{Path(storage) / 'mlflow.db'}", experiment_name="bench-expert",
         initial={"lr": 1e-4, "checkpoint_interval": INTERVAL},
         mutations={"lr": {"uniform": [1e-4, 0.02]}})
     start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    timers.seconds["ray.init (both sides)"] = time.perf_counter() - start
     results = pbtflow.tune(experiment)
     wall = time.perf_counter() - start
     return {"wall": wall, "first_done": first_done(results), "errors": results.num_errors,
@@ -182,7 +190,12 @@ def run_pbtflow(storage: str, seed: int) -> dict:
 def side_main(side: str, seed: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # MLflow keeps a SQLite store's artifacts in ./mlruns
-        out = run_pbtflow(tmp, seed) if side == "pbtflow" else run_plain(side, tmp, seed)
+        if side == "pbtflow":
+            out = run_pbtflow(tmp, seed)
+        elif side == "pbtflow-shared":  # a quarter CPU per member: all 8 train at once
+            out = run_pbtflow(tmp, seed, cpus=0.25)
+        else:
+            out = run_plain(side, tmp, seed)
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -234,7 +247,7 @@ def main() -> None:
         print(f"| {s} | {walls} | {med[s]:.1f} | "
               f"{med[s] / med[ref]:.2f} | {statistics.median(steps) if steps else '-'} | "
               f"{sum(o['errors'] for o in runs[s])} |")
-    if "pbtflow" in sides:
+    if "pbtflow" in sides and runs["pbtflow"]:
         print("\npbtflow's driver, seconds per run (median over rounds; the writer runs in its "
               "own thread) and per result:\n")
         print("| component | s per run | calls per run | ms per result |")

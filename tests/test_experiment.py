@@ -12,6 +12,20 @@ def test_defaults_are_the_ppo_discrete_preset_on_cartpole():
     assert exp.perturbation_checkpoint_interval == exp.perturbation_interval == 10
 
 
+@pytest.mark.parametrize("trainable, population, expected", [
+    ("lr-schedule", 8, 1.0), ("quadratic", 2, 1.0), ("user_trainables:counting", 16, 1.0),
+    ("ppo", 4, 0.5), ("ppo", 2, 1.0), ("ppo", 16, 0.25),
+])
+def test_cpus_per_member_by_default(trainable, population, expected, monkeypatch):
+    """A function or class member takes one CPU (members take turns on live
+    workers); PPO shares the cores so the whole population trains at once."""
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    exp = Experiment(trainable=trainable, population=population)
+    assert exp.cpus_per_trial_process == expected
+    assert Experiment(trainable=trainable, population=population,
+                      cpus_per_trial_process=0.5).cpus_per_trial_process == 0.5  # the user's wins
+
+
 def test_smoke_shrinks_the_population_and_budget():
     exp = Experiment(smoke=True)
     assert exp.population == 2 and exp.stop_iters <= 6

@@ -91,9 +91,9 @@ class Experiment:
                        "or 'auto': discrete or continuous by the environment's action space.",
                        only="ppo", invalid=("tiny", "laptop"))
     cpus_per_trial_process: float | None = _opt(None, "CPUs reserved for a trial's own process "
-                                                "(PPO: learner + local sampling); default: this machine's "
-                                                "cores / population (at most 1) so the whole population "
-                                                "trains at once; 1 on the cluster preset.",
+                                                "(PPO: learner + local sampling); default: 1, and for PPO "
+                                                "this machine's cores / population (at most 1) so the "
+                                                "whole population trains at once (1 on the cluster preset).",
         invalid=("0",))
     num_env_runners: int = _opt(0, "RLlib env runners per trial (0 samples in the trial's own "
                                 "process).", only="ppo",
@@ -166,11 +166,16 @@ class Experiment:
                 f"mode: {self.trainable}'s metric {self.metric!r} is maximised, but got mode='min'; "
                 "drop --mode, or pass --metric with a metric your trainable minimises.")
         if self.cpus_per_trial_process is None:
-            # Laptop: share this machine's cores so the whole population trains
-            # at once (round-robin would restart a PPO actor at every pause).
+            # PPO on a laptop shares this machine's cores so that the whole
+            # population trains at once. Any other trainable takes one CPU, as
+            # in Tune: members take turns on a live worker (actor reuse), and
+            # on Ray's pbt_function (8 members, 2 cores) that reached the first
+            # done in 23-27 s against 47-68 s with a quarter CPU each
+            # (benchmarks/bench_expert.py).
             cores = os.cpu_count() or 1
+            shared = self.trainable == "ppo" and self.preset != "cluster"
             self.cpus_per_trial_process = (max(0.25, min(1.0, cores / max(1, self.population)))
-                                           if self.preset != "cluster" else 1.0)
+                                           if shared else 1.0)
         self._validate()
 
     # -- validation -----------------------------------------------------------------
