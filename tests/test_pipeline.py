@@ -66,18 +66,24 @@ def test_exploits_match_rays_own_log_and_change_the_schedule(smoke_run):
             assert len(set(lambdas)) > 1
 
 
-def test_each_member_keeps_one_actor_across_exploits(smoke_run):
+def test_members_reuse_live_actors_across_exploits(smoke_run):
     """Tune's actor reuse: the Ray worker processes that reported results
-    (Tune's own `pid` in each trial's progress.csv) number the population,
-    though every member was paused and restored at each sync."""
+    (Tune's own `pid` in each trial's progress.csv) are fewer than the times
+    a member started or resumed (`iterations_since_restore` back at 1), though
+    every member was paused and restored at each sync. Not always exactly one
+    per member: Tune keeps at most one idle actor beyond what pending trials
+    ask for, so when both members pause at a sync, one actor may be stopped
+    and a new one started."""
     results, _, _ = smoke_run
     assert sum(count_global_log(results.experiment_path).values()) >= 1
-    pids = set()
+    pids, starts = set(), 0
     for result in results:
         rows = list(csv.DictReader(open(Path(result.path) / "progress.csv")))
         assert len(rows) > 4
         pids |= {row["pid"] for row in rows}
-    assert len(pids) == 2
+        starts += sum(int(row["iterations_since_restore"]) == 1 for row in rows)
+    assert starts >= 4, "each member starts, then resumes after every sync"
+    assert len(pids) < starts, (pids, starts)
 
 
 def test_learner_uses_the_perturbed_values(smoke_run):
