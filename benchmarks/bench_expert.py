@@ -42,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench_lr_schedule import first_done  # the same problem, the same measure
+
 POPULATION, INTERVAL, TARGET, MAX_ITERS = 8, 5, 200.0, 1000
 TRAINABLE = "ray.tune.examples.pbt_function:pbt_function"
 SIDES = ("defaults", "expert", "pbtflow")
@@ -70,12 +72,6 @@ class Timers:
                     self.calls[label] += 1
 
         setattr(owner, name, timed)
-
-
-def first_done(results) -> int | None:
-    steps = [r.metrics["training_iteration"] for r in results
-             if r.metrics and r.metrics.get("mean_accuracy", 0) > TARGET]
-    return min(steps) if steps else None
 
 
 def run_plain(side: str, storage: str, seed: int) -> dict:
