@@ -240,10 +240,7 @@ def _exploits_logged(tmp_path) -> int:
     return sum(1 for line in logs[0].read_text().splitlines() if line.strip()) if logs else 0
 
 
-@pytest.mark.parametrize("point", ["early", "middle", pytest.param("after an exploit", marks=pytest.mark.xfail(
-    strict=False, reason="known defect, not yet fixed: in one clean-clone CI run (synchronous PBT every 3 "
-    "iterations, interrupted after the first exploit, resumed) the record check found the copied member's "
-    "hp/* at step 3 holding the new config where Ray's log puts the old one in force; other runs passed"))])
+@pytest.mark.parametrize("point", ["early", "middle", "after an exploit"])
 def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
     """`python src/tune_ppo.py` (population 4, stop at a mean return of 450),
     interrupted at three points and resumed: each ends as an uninterrupted run

@@ -172,6 +172,22 @@ def test_the_check_finds_each_kind_of_difference(tamper, words):
     assert any(words in d for d in differences), differences
 
 
+def test_an_exploit_a_resume_undid_is_in_force_only_until_the_resume():
+    """Trial 1 exploited after step 0 and trained step 1 with lr 0.5; the
+    resume restored Tune's earlier state (lr 0.2) from step 2 on. Ray's log
+    kept from before the resume lists the exploit."""
+    record = _record()
+    record["t_00001"]["events"] = [{**EVENT, "member_step": 0, names.UNDONE_AT: 1}]
+    record["t_00001"]["hp"]["lr"] = [(0, 0.2), (1, 0.5), (2, 0.2)]
+    assert record_check.compare(record, MUTATED, RAY_LOG, None) == []
+    record["t_00001"]["hp"]["lr"] = [(0, 0.2), (1, 0.5), (2, 0.5)]  # the undone value kept on
+    assert record_check.compare(record, MUTATED, RAY_LOG, None) == [
+        "t_00001: hp/lr is 0.5 at step 2 but Ray's log puts 0.2 in force"]
+    record["t_00001"]["hp"]["lr"] = [(0, 0.2), (1, 0.2), (2, 0.2)]  # as if it never happened
+    assert record_check.compare(record, MUTATED, RAY_LOG, None) == [
+        "t_00001: hp/lr is 0.2 at step 1 but Ray's log puts 0.5 in force"]
+
+
 def test_the_check_finds_an_exploit_ray_logged_for_an_unknown_trial():
     log = RAY_LOG + [{"target": 7, "donor": 0, "target_iteration": 3, "donor_iteration": 3,
                       "config": {"lr": 0.1}}]

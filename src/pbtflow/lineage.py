@@ -54,40 +54,21 @@ RAY_LOG = "pbt_global.txt"
 KEPT_LOG = "pbt_global.before_resume_{}.txt"  # Ray's log as a resume found it
 
 
-UNDONE = "pbtflow_undone_exploits.json"  # exploits Tune undid when it resumed
-
-
 def read_ray_log(experiment_path: str | Path) -> list[dict[str, Any]]:
     """Ray's own record of the exploits, ``pbt_global.txt``, in order: one
     entry per exploit with the target's and the donor's trial index (Ray's
     experiment tags start with it), their training iterations as Ray logged
     them, and the new config. A resumed experiment's Ray starts the file
-    afresh: the copies kept at each resume come first, without the exploits
-    Tune undid when it resumed (its saved state predated them)."""
+    afresh: the copies kept at each resume come first (with any exploit that
+    Tune then undid, as it was decided)."""
     folder = Path(experiment_path)
-    undone = json.loads((folder / UNDONE).read_text()) if (folder / UNDONE).exists() else []
-    entries: list[dict[str, Any]] = []
     kept_lines: list[str] = []
     for number in range(1, count_resumes(folder) + 1):
-        lines = _lines(folder / KEPT_LOG.format(number))
-        kept_lines += lines
-        part = [_entry(line) for line in lines]
-        for event in undone:  # the member's last exploit before that resume
-            if event.get("resume") == number:
-                target = trial_index(event["trial_id"])
-                last = max((i for i, e in enumerate(part) if e["target"] == target), default=None)
-                if last is not None:
-                    part.pop(last)
-        entries += part
+        kept_lines += _lines(folder / KEPT_LOG.format(number))
     current = _lines(folder / RAY_LOG)
     if kept_lines and current[:len(kept_lines)] == kept_lines:  # a Ray that kept the old lines
         current = current[len(kept_lines):]
-    return entries + [_entry(line) for line in current]
-
-
-def write_undone(experiment_path: str | Path, undone: list[dict[str, Any]]) -> None:
-    (Path(experiment_path) / UNDONE).write_text(json.dumps(
-        [{"trial_id": e["trial_id"], "donor_id": e["donor_id"], "resume": e["resume"]} for e in undone]))
+    return [_entry(line) for line in kept_lines + current]
 
 
 def keep_ray_log(experiment_path: str | Path) -> int:

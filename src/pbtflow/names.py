@@ -14,6 +14,9 @@ EFFECTIVE_PREFIX = "effective/"  # the value the learner really used (PPO)
 BEST_PREFIX = "best/"  # parent run: the best trial's final metric
 EXPLOITS = "pbt/exploits"  # running count of exploits of one member
 
+# Exploit events (pbt_events.json).
+UNDONE_AT = "undone_at_step"  # a resume undid the exploit after this member step
+
 # Tags.
 PARENT_RUN_ID = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"

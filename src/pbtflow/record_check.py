@@ -5,7 +5,8 @@ For every trial: the number of exploits, the donors and the configuration
 after each exploit (``pbt_events.json`` against Ray's log); every mutated
 hyperparameter logged at every step, exactly once, with the value Ray's log
 says the member trained with (the starting value until the first exploit,
-then each exploit's new config from the next step on); the running exploit
+then each exploit's new config from the next step on, until a resume undid
+it); the running exploit
 count; and each member's policy file, replayed from the events, against Ray's.
 An empty list of differences means the record is complete.
 """
@@ -16,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pbtflow import lineage
+from pbtflow import lineage, names
 from pbtflow.pbt import get_path
 
 COMPLETE = "complete"
@@ -93,7 +94,8 @@ def _hp_differences(trial_id: str, record: Mapping[str, Any], mutated: Sequence[
     if steps != list(range(len(steps))):
         out.append(f"{trial_id}: training_iteration is logged at steps {_span(steps)}, not once at "
                    f"each of 0..{len(steps) - 1}")
-    switches = sorted(((e.get("member_step"), entry["config"])
+    # (member step it follows, member step after which a resume undid it, config)
+    switches = sorted(((e.get("member_step"), e.get(names.UNDONE_AT), entry["config"])
                        for e, entry in zip(record["events"] or [], ray_events)
                        if e.get("member_step") is not None), key=lambda x: x[0])
     for key in mutated:
@@ -113,8 +115,8 @@ def _hp_differences(trial_id: str, record: Mapping[str, Any], mutated: Sequence[
             continue
         for step, value in rows:
             expected = start
-            for member_step, config in switches:
-                if step > member_step:
+            for member_step, undone_at, config in switches:
+                if step > member_step and (undone_at is None or step <= undone_at):
                     expected = get_path(config, key)
             if not _same(value, expected):
                 out.append(f"{trial_id}: hp/{key} is {value!r} at step {step} but Ray's log puts "

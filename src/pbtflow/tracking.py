@@ -348,8 +348,6 @@ class TrialTracker(Callback):
         self.secrets: set[str] = set()  # taken out of error messages
         self.experiment_path: Path | None = None  # Ray's experiment folder (its PBT log)
         self._verify_on_start: set[str] = set()  # resumed trials, checked at their first start
-        self.undone: list[dict[str, Any]] = []  # exploits Tune undid on a resume
-        self.resumes = 0
         self._logged_metrics = logged_metrics
         self._scheduler = scheduler
         self._time_attr = time_attr
@@ -546,7 +544,7 @@ class TrialTracker(Callback):
         for event in kept:
             self._exploits[event["trial_id"]] = self._exploits.get(event["trial_id"], 0) + 1
         for trial_id in list(self._current):  # the values in force after the kept exploits
-            mine = [e for e in kept if e["trial_id"] == trial_id]
+            mine = [e for e in kept if e["trial_id"] == trial_id and names.UNDONE_AT not in e]
             self._current[trial_id] = dict(mine[-1]["new"]) if mine else {
                 k: self.initial.get(trial_id, {}).get(k) for k in self.mutated}
         if dropped:
@@ -558,18 +556,26 @@ class TrialTracker(Callback):
     def _undo_reverted(self, trial_id: str, restored: Mapping[str, Any]) -> None:
         """A resumed trial starts with the config of Tune's last saved state; if
         that is not the config its last exploit set, Tune undid that exploit
-        (Ray's log may still list it): take it out of the record, and note it
-        for the record check."""
-        mine = self.events_of(trial_id)
+        (Ray's log still lists it). The exploit stays in the record, marked
+        ``undone_at_step``: the member's last step trained with it before the
+        resume; from the next step on, the restored config is in force again.
+        Lineage and the best schedule leave it out (the member went back to its
+        own checkpoint)."""
+        mine = [e for e in self.events_of(trial_id) if names.UNDONE_AT not in e]
+        last_step = self._steps.get(trial_id, 0) - 1
         while mine and not _same_values(mine[-1]["new"], restored, self.mutated):
             event = mine.pop()
-            self.events.remove(event)
-            self.undone.append({**event, "resume": self.resumes})
-            self._exploits[trial_id] = self._exploits.get(trial_id, 1) - 1
+            event[names.UNDONE_AT] = last_step
             self._events_logged.pop(trial_id, None)
             log.warning("pbtflow: trial %s resumes with the config from before its exploit of %s; "
-                        "Tune undid that exploit, and so does the record.", trial_id, event["donor_id"])
+                        "Tune undid that exploit, and the record marks it undone after step %d.",
+                        trial_id, event["donor_id"], last_step)
         self._current[trial_id] = dict(restored)
+
+    @property
+    def kept_events(self) -> list[dict[str, Any]]:
+        """The exploits the members' histories are made of (none undone)."""
+        return [e for e in self.events if names.UNDONE_AT not in e]
 
     def log_events(self, spill_to: Path | None = None) -> None:
         """Write ``pbt_events.json`` to every child run whose exploits are not
@@ -648,10 +654,6 @@ class TrialTracker(Callback):
             return None
         self._collect_changes()
         self.log_events(spill_to)
-        if self.undone and self.experiment_path is not None:
-            from pbtflow.lineage import write_undone
-
-            write_undone(self.experiment_path, self.undone)
         spilled = self._writer.close(spill_to)
         if spilled:
             log.warning("pbtflow: MLflow at %s did not answer; the undelivered metrics are kept "
@@ -665,7 +667,7 @@ class TrialTracker(Callback):
         return {"run_ids": self.run_ids, "steps": self._steps, "exploits": self._exploits,
                 "last_iteration": self._last_iteration, "events": self.events,
                 "current": self._current, "events_logged": self._events_logged,
-                "last_logged": self._last_logged, "undone": self.undone, "resumes": self.resumes,
+                "last_logged": self._last_logged,
                 "ended": sorted(self.ended), "initial": self.initial, "hp_history": self.hp_history}
 
     def set_state(self, state: dict) -> None:
@@ -683,8 +685,6 @@ class TrialTracker(Callback):
         self.hp_history.update(state.get("hp_history", {}))
         # The scheduler starts afresh on resume: what it holds now is not new.
         self._changes_seen = len(getattr(self._scheduler, "changes", []))
-        self.undone[:] = state.get("undone", [])
-        self.resumes = state.get("resumes", 0) + 1
         if self.experiment_path is not None:
             from pbtflow.lineage import count_global_log
 

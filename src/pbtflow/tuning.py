@@ -519,7 +519,7 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         if results.num_errors == len(results):
             raise RuntimeError(f"every trial failed; first error: {results.errors[0]}")
         best_trial, value, checkpoint = _best(results, metric, experiment.mode)
-        events = tracker.events
+        events = tracker.kept_events
         try:
             if best_trial:
                 parent.log_best(best_trial, metric, value, tracker.last_config(best_trial))
