@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from ray.tune import Callback
 
 log = logging.getLogger(__name__)
+SWEEPS_PER_ROUND = 4  # sweeps while the population saves one checkpoint each
 
 
 def _path(item: Any) -> str | None:
@@ -36,6 +37,8 @@ def _manager(trial: Any):
 class PBTSafeRetention(Callback):
     """Keeps each trial's newest ``keep`` checkpoints plus every checkpoint the
     population may still restore from; deletes the rest as new ones arrive."""
+
+    _since_sweep = 0  # checkpoints since the last sweep (also for states pickled before it)
 
     def __init__(self, keep: int = 2, scheduler: Any = None) -> None:
         assert keep >= 1
@@ -85,6 +88,7 @@ class PBTSafeRetention(Callback):
     # -- pruning ----------------------------------------------------------------------
     def prune(self, trials: list[Any]) -> int:
         """Delete what no trial can need any more; returns how many were deleted."""
+        self._since_sweep = 0
         pinned, unsettled = self.needed(trials)
         deleted = 0
         for trial in trials:
@@ -117,7 +121,12 @@ class PBTSafeRetention(Callback):
         return deleted
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        self.prune(trials)
+        # A sweep looks at every trial: sweeping once per quarter of the
+        # population's checkpoints keeps the cost per checkpoint flat as the
+        # population grows, and each trial at most about one checkpoint over.
+        self._since_sweep += 1
+        if self._since_sweep * SWEEPS_PER_ROUND >= len(trials):
+            self.prune(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.prune(trials)
