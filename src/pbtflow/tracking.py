@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SPILL_FILE = "mlflow_undelivered.json"  # beside Tune's state, for `pbtflow sync`
 MUTATED_PARAM = "mutated_hyperparameters"  # parent param: the keys PBT can change, comma-separated
 BATCH_LIMIT = 250  # metric rows per log_batch call (Azure ML's MLflow cap)
+MAX_FLUSH_WAIT = 30.0  # seconds between flushes of metric rows, at most
 # Result fields that are bookkeeping, not measurements.
 _NOT_METRICS = {"timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
                 "should_checkpoint", "checkpoint_dir_name"}
@@ -156,13 +157,21 @@ def _params(values: Mapping[str, Any]) -> list[Param]:
 
 class _Writer:
     """Collects metric rows per run and sends them with ``log_batch`` from a
-    background thread, at most every ``interval`` seconds. While the tracking
-    server is away, rows (and run endings) are kept and sent once it answers;
-    what is still unsent at the end is spilled to a file for `pbtflow sync`."""
+    background thread, at most every ``interval`` seconds, and busy at most
+    ``busy`` of the time (between flushes it waits (1 - busy) / busy times as
+    long as the last flush took, up to ``MAX_FLUSH_WAIT``). A ``log_batch``
+    costs about 10 ms per call plus 0.15 ms per row on a SQLite store: with
+    many runs, the flushes space out and each call carries more rows, so the
+    cost per result stays flat as the population grows (rows reach MLflow up
+    to half a minute late at 128 members). While the tracking server is away,
+    rows (and run endings) are kept and sent once it answers; what is still
+    unsent at the end is spilled to a file for `pbtflow sync`."""
 
-    def __init__(self, client: MlflowClient, interval: float = 2.0) -> None:
+    def __init__(self, client: MlflowClient, interval: float = 2.0, busy: float = 0.1) -> None:
         self._client = client
         self._interval = interval
+        self._busy = busy
+        self._wait = interval
         self._pending: dict[str, list[Metric]] = {}
         self._terminal: dict[str, str] = {}  # run id -> status, set after its rows are sent
         self._lock = threading.Lock()
@@ -236,8 +245,11 @@ class _Writer:
         return spill_to
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._stop.wait(self._wait):
+            start = time.perf_counter()
             self.flush()
+            spent = time.perf_counter() - start
+            self._wait = min(MAX_FLUSH_WAIT, max(self._interval, spent * (1 - self._busy) / self._busy))
 
 
 def _unborn(trial_id: str) -> str:
