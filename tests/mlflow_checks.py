@@ -63,6 +63,8 @@ def assert_record_is_true(client: MlflowClient, parent_run_id: str, results) -> 
     rows and lineage.json. Returns some counts for the caller."""
     parent = client.get_run(parent_run_id)
     assert parent.data.tags.get(names.RECORD_CHECK) == "complete", parent.data.tags.get(names.RECORD_CHECK)
+    if parent.data.tags.get(names.ROLE) == "parent":  # opened by pbtflow: named as Ray's folder
+        assert parent.info.run_name == Path(results.experiment_path).name
     mutated = parent.data.params["mutated_hyperparameters"].split(",")
     ray_log = read_ray_log(results.experiment_path)
     children = client.search_runs([parent.info.experiment_id],

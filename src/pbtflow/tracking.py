@@ -782,9 +782,10 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 @contextmanager
-def parent_run(experiment: Experiment, resume_run_id: str | None = None) -> Iterator[ParentRun]:
-    """Open the parent run (or reopen ``resume_run_id``); end it FINISHED,
-    FAILED (with the error) or KILLED."""
+def parent_run(experiment: Experiment, resume_run_id: str | None = None,
+               run_name: str | None = None) -> Iterator[ParentRun]:
+    """Open the parent run named ``run_name`` (or reopen ``resume_run_id``);
+    end it FINISHED, FAILED (with the error) or KILLED."""
     uri = resolve_tracking_uri(experiment)
     check_reachable(uri)
     client = MlflowClient(uri)
@@ -804,7 +805,7 @@ def parent_run(experiment: Experiment, resume_run_id: str | None = None) -> Iter
             parent = ParentRun(client, run_id, client.get_run(run_id).info.experiment_id, owned=False)
         else:
             exp_id = _experiment_id(client, experiment.experiment_name)
-            run = client.create_run(exp_id, tags={names.ROLE: "parent"})
+            run = client.create_run(exp_id, run_name=run_name, tags={names.ROLE: "parent"})
             parent = ParentRun(client, run.info.run_id, exp_id, owned=True)
         client.set_tag(parent.run_id, names.DRIVER, driver_id())
     except ExperimentError:

@@ -463,7 +463,9 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
         _check_resources(experiment, {"CPU": os.cpu_count() or 1, "GPU": float("inf")})
     _init_ray()
     _check_resources(experiment)
-    with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None) as parent:
+    # The parent run is named as Ray's experiment folder: one name for both.
+    with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None,
+                             run_name=experiment_path.name) as parent:
         parent.spill_path = experiment_path / tracking.SPILL_FILE
         if resume is None:
             parent.log_experiment(experiment, {"metric": metric, tracking.MUTATED_PARAM: ",".join(
