@@ -10,7 +10,8 @@ passes 200 (``done``). Sides, each in a fresh process:
 - ``defaults``: Tune's defaults (``reuse_actors=False``) and the example's
   ``CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=...)``;
 - ``expert``: ``reuse_actors=True``, every checkpoint kept
-  (``CheckpointConfig(num_to_keep=None)``), and a ten-line ``Stopper`` whose
+  (``CheckpointConfig(num_to_keep=None)``), Tune's CSV result logger only
+  (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``, as pbtflow), and a ten-line ``Stopper`` whose
   ``stop_all()`` ends the population at the first done (also used by
   ``defaults``, so that both stop at the same point);
 - ``pbtflow``: ``pbtflow.tune`` with the same function as a user trainable,
@@ -74,7 +75,8 @@ class Timers:
         setattr(owner, name, timed)
 
 
-def run_plain(side: str, storage: str, seed: int) -> dict:
+def run_plain(side: str, storage: str, seed: int, population: int = POPULATION,
+              max_iters: int = MAX_ITERS, until_done: bool = True) -> dict:
     import random
 
     import numpy as np
@@ -88,10 +90,12 @@ def run_plain(side: str, storage: str, seed: int) -> dict:
 
         def __init__(self) -> None:
             self.done = False
+            self.results = 0
 
         def __call__(self, trial_id, result) -> bool:
-            self.done = self.done or bool(result.get("done"))
-            return self.done or result["training_iteration"] >= MAX_ITERS
+            self.results += 1
+            self.done = self.done or (until_done and bool(result.get("done")))
+            return self.done or result["training_iteration"] >= max_iters
 
         def stop_all(self) -> bool:
             return self.done
@@ -101,6 +105,13 @@ def run_plain(side: str, storage: str, seed: int) -> dict:
     start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     expert = side == "expert"
+    stopper = FirstDone()
+    callbacks = []
+    if expert:  # CSV results only: the JSON and TensorBoard loggers cost the driver time
+        from ray.tune.logger import CSVLoggerCallback
+
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        callbacks = [CSVLoggerCallback()]
     tuner = tune.Tuner(
         pbt_function,
         param_space={"lr": 1e-4, "checkpoint_interval": INTERVAL},
@@ -108,23 +119,23 @@ def run_plain(side: str, storage: str, seed: int) -> dict:
             scheduler=PopulationBasedTraining(time_attr="training_iteration",
                                               perturbation_interval=INTERVAL,
                                               hyperparam_mutations={"lr": tune.uniform(1e-4, 0.02)}),
-            metric="mean_accuracy", mode="max", num_samples=POPULATION, reuse_actors=expert),
+            metric="mean_accuracy", mode="max", num_samples=population, reuse_actors=expert),
         run_config=tune.RunConfig(
-            name=side, storage_path=storage, verbose=0, stop=FirstDone(),
+            name=side, storage_path=storage, verbose=0, stop=stopper, callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None) if expert else
             tune.CheckpointConfig(checkpoint_score_attribute="mean_accuracy", num_to_keep=2)),
     )
     results = tuner.fit()
     wall = time.perf_counter() - start
     return {"wall": wall, "first_done": first_done(results), "errors": results.num_errors,
-            "results": _rows(results)}
+            "results": stopper.results}
 
 
-def _rows(results) -> int:
-    return sum(len(r.metrics_dataframe) for r in results if r.metrics_dataframe is not None)
-
-
-def run_pbtflow(storage: str, seed: int, cpus: float | None = None) -> dict:
+def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: int = POPULATION,
+                max_iters: int = MAX_ITERS, until_done: bool = True, mlflow: bool = True) -> dict:
+    """pbtflow.tune on the same problem, its driver timed by component;
+    ``mlflow=False`` drops the rows instead of writing them (what the MLflow
+    writes cost, everything else the same)."""
     import ray
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback
@@ -167,10 +178,12 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None) -> dict:
     ]:
         timers.wrap(owner, name, label)
 
+    if not mlflow:
+        tracking._Writer.flush = lambda self: self._pending.clear() or True
     experiment = pbtflow.Experiment(
-        trainable=TRAINABLE, population=POPULATION, perturbation_interval=INTERVAL,
-        checkpoint_interval=INTERVAL, metric="mean_accuracy", stop_return=TARGET,
-        stop_iters=MAX_ITERS, seed=seed, storage_path=storage, cpus_per_trial_process=cpus,
+        trainable=TRAINABLE, population=population, perturbation_interval=INTERVAL,
+        checkpoint_interval=INTERVAL, metric="mean_accuracy",
+        stop_return=TARGET if until_done else None, stop_iters=max_iters, seed=seed, storage_path=storage, cpus_per_trial_process=cpus,
         tracking_uri=f"sqlite:///{Path(storage) / 'mlflow.db'}", experiment_name="bench-expert",
         initial={"lr": 1e-4, "checkpoint_interval": INTERVAL},
         mutations={"lr": {"uniform": [1e-4, 0.02]}})
@@ -180,7 +193,8 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None) -> dict:
     results = pbtflow.tune(experiment)
     wall = time.perf_counter() - start
     return {"wall": wall, "first_done": first_done(results), "errors": results.num_errors,
-            "results": _rows(results), "seconds": dict(timers.seconds), "calls": dict(timers.calls)}
+            "results": timers.calls["stopper"], "seconds": dict(timers.seconds),
+            "calls": dict(timers.calls)}
 
 
 def side_main(side: str, seed: int) -> None:
