@@ -110,7 +110,7 @@ def test_report_and_download(smoke_run, tmp_path, capsys):
         assert result.metrics["trial_id"] in out
     assert "best schedule" in out and "FINISHED" in out
     assert any((tmp_path / "best").rglob("*.pkl")) or any((tmp_path / "best").rglob("*.json"))
-    assert main(["report", "--experiment", "smoke", "--latest", "--tracking-uri", uri]) == 0
+    assert main(["report", "--experiment", "smoke", "--tracking-uri", uri]) == 0
 
 
 def test_same_against_a_real_mlflow_server(ray_runtime, workdir, mlflow_server):

@@ -1,5 +1,5 @@
-"""The reference experiments (DESIGN.md's toy problems) on a real 2-CPU Ray
-runtime and a real MLflow store: the seeded claims with margins, the no-PBT
+"""The reference experiments (the PBT paper's and Ray's toy problems) on a real
+2-CPU Ray runtime and a real MLflow store: the seeded claims with margins, the no-PBT
 baselines logged as their own parent runs, and the pictures."""
 
 from __future__ import annotations

@@ -53,8 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     which = report.add_mutually_exclusive_group(required=True)
     which.add_argument("--run-id", help="the parent run's id")
     which.add_argument("--experiment", help="MLflow experiment name; reports its latest parent run")
-    report.add_argument("--latest", action="store_true",
-                        help="with --experiment: the latest parent run (the default)")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for tune)")
     report.add_argument("--download", metavar="DIR",
                         help="also download the best trial's last checkpoint into DIR")

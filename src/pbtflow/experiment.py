@@ -87,7 +87,7 @@ class Experiment:
     preset: str = _opt("auto", "PPO's search-space preset: 'discrete' or 'continuous' (sized for "
                        "2 CPU cores; the first members start from known-good settings: RLlib's "
                        "tuned CartPole and rl-zoo's LunarLander, or RLlib's tuned Pendulum), "
-                       "'cluster' (DESIGN.md's reference space, large batches), "
+                       "'cluster' (the search space of Ray's pbt_ppo_example, large batches), "
                        "or 'auto': discrete or continuous by the environment's action space.",
                        only="ppo", invalid=("tiny", "laptop"))
     cpus_per_trial_process: float | None = _opt(None, "CPUs reserved for a trial's own process "

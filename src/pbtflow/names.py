@@ -19,7 +19,6 @@ UNDONE_AT = "undone_at_step"  # a resume undid the exploit after this member ste
 
 # Tags.
 PARENT_RUN_ID = "mlflow.parentRunId"
-RUN_NAME = "mlflow.runName"
 TRIAL_ID = "pbtflow.trial_id"
 TRIAL_NAME = "pbtflow.trial_name"
 ROLE = "pbtflow.role"  # "parent" or "trial"

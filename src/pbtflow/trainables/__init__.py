@@ -5,7 +5,7 @@ function trainable is loaded from "package.module:function"."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from pbtflow import names
@@ -61,7 +61,6 @@ class TrainableSpec:
     repair: Callable[[dict, dict], None] | None = None  # fixes what a mutation can break
     logged_metrics: tuple[str, ...] | None = None  # None: every numeric result field
     reuse_actors: bool = True
-    tags: dict[str, str] = field(default_factory=dict)
     function: bool = False  # a function trainable: it reports its own checkpoints
     # Starting configs of the first members (the rest sample param_space).
     points_to_evaluate: list[dict[str, Any]] | None = None

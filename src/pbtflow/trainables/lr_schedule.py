@@ -1,5 +1,5 @@
-"""lr-schedule: Ray's PBT function example (DESIGN.md). Accuracy grows fastest
-at an optimal learning rate that rises and then falls with the accuracy (a
+"""lr-schedule: Ray's PBT function example (ray/tune/examples/pbt_function.py).
+Accuracy grows fastest at an optimal learning rate that rises and then falls with the accuracy (a
 triangle), so a fixed lr never reaches ``done`` and PBT has to discover the
 schedule. Written as a user would, with :mod:`pbtflow.checkpoint`."""
 

@@ -107,8 +107,8 @@ CONTINUOUS = {
     "fcnet_activation": "relu",
 }
 
-# DESIGN.md's reference space (cluster scale, discrete actions). Keys are
-# RLlib config keys.
+# The cluster reference space, after Ray's tune/examples/pbt_ppo_example.py
+# (cluster scale, discrete actions). Keys are RLlib config keys.
 CLUSTER = {
     "known_good": [],
     "initial": {
@@ -252,7 +252,6 @@ def build(experiment) -> TrainableSpec:
         repair=repair,
         logged_metrics=LOGGED_METRICS,
         reuse_actors=reuse,
-        tags={"env": experiment.env},
         points_to_evaluate=points or None,
         metric_pending=no_episode_finished,
     )

@@ -1,4 +1,4 @@
-"""quadratic: the PBT paper's toy (arXiv 1711.09846, Figure 2; DESIGN.md).
+"""quadratic: the PBT paper's toy (arXiv 1711.09846, Figure 2).
 Training ascends a surrogate ``Qhat(theta | h)`` whose hyperparameters ``h``
 decide which coordinates move; the true objective ``Q`` needs both. Each of
 the two starting points moves one coordinate only, so only PBT (copying theta
