@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from pbtflow.experiment import Experiment, ExperimentError, from_sources
@@ -266,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pbtflow.tracking import TuningInterrupted
 
         if isinstance(exc, TuningInterrupted):
-            print(f"pbtflow: {exc}", file=sys.stderr)
+            command = ("python src/tune_ppo.py" if Path(sys.argv[0]).name == "tune_ppo.py"
+                       else "pbtflow tune")
+            print(f"pbtflow: {TuningInterrupted(exc.path, command)}", file=sys.stderr)
             return 130
         raise
     return 0

@@ -705,7 +705,15 @@ class TrialTracker(Callback):
 
 
 class TuningInterrupted(Exception):
-    """Tuning stopped on SIGINT/SIGTERM; the experiment state is saved."""
+    """Tuning stopped on SIGINT/SIGTERM; the experiment state is saved in ``path``.
+    The message says how to resume from Python; the command line says how to
+    resume with the command that was run (see ``pbtflow.cli``)."""
+
+    def __init__(self, path: Path | str, command: str | None = None) -> None:
+        self.path = str(path)
+        how = f"{command} --resume {self.path}" if command else \
+            f"pbtflow.tune(pbtflow.Experiment(resume={self.path!r}))"
+        super().__init__(f"interrupted; the experiment state is saved in {self.path}. Resume with: {how}")
 
 
 class ParentRun:

@@ -515,9 +515,7 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
                 r.metrics.get("trial_id") for r in results
                 if r.error is None and r.metrics and not r.metrics.get("done")
                 and r.metrics.get(names.TRAINING_ITERATION, 0) < experiment.stop_iters])
-            raise tracking.TuningInterrupted(
-                f"interrupted; the experiment state is saved in {experiment_path}. Resume with: "
-                f"python src/tune_ppo.py --resume {experiment_path}")
+            raise tracking.TuningInterrupted(experiment_path)
         if results.num_errors == len(results):
             raise RuntimeError(f"every trial failed; first error: {results.errors[0]}")
         best_trial, value, checkpoint = _best(results, metric, experiment.mode)
