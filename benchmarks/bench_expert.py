@@ -142,14 +142,14 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     import pbtflow
-    from pbtflow import pbt, retention, tracking, tuning
+    from pbtflow import delivery, pbt, retention, tracking, tuning
 
     timers = Timers()
     for owner, name, label in [
         (tracking.TrialTracker, "on_trial_result", "tracking callback"),
         (tracking.TrialTracker, "on_trial_start", "tracking callback"),
         (tracking.TrialTracker, "on_trial_complete", "tracking callback"),
-        (tracking._Writer, "flush", "MLflow writer (its thread)"),
+        (delivery.Writer, "flush", "MLflow writer (its thread)"),
         (retention.PBTSafeRetention, "on_checkpoint", "retention"),
         (retention.PBTSafeRetention, "on_trial_complete", "retention"),
         (tuning._Progress, "on_trial_result", "progress"),
@@ -179,7 +179,7 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
         timers.wrap(owner, name, label)
 
     if not mlflow:
-        tracking._Writer.flush = lambda self: self._pending.clear() or True
+        delivery.Writer.flush = lambda self: self._pending.clear() or True
     experiment = pbtflow.Experiment(
         trainable=TRAINABLE, population=population, perturbation_interval=INTERVAL,
         checkpoint_interval=INTERVAL, metric="mean_accuracy",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pbtflow.tracking import REDACTED, is_secret, looks_secret, redact, scrub
+from pbtflow.credentials import REDACTED, is_secret, looks_secret, redact, scrub
 from conftest import run_entry, start_mlflow_server, stop_mlflow_server
 from mlflow_checks import runs_by_role
 

@@ -9,7 +9,7 @@ import time
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pbtflow.tracking import BATCH_LIMIT, MAX_FLUSH_WAIT, _Writer
+from pbtflow.delivery import BATCH_LIMIT, MAX_FLUSH_WAIT, Writer
 
 
 class CountingClient(MlflowClient):
@@ -27,7 +27,7 @@ def test_one_store_call_per_run_per_flush_however_many_rows(tmp_path):
     client = CountingClient(uri)
     experiment = client.create_experiment("writer")
     runs = [client.create_run(experiment).info.run_id for _ in range(24)]
-    writer = _Writer(client, interval=3600)  # flushed by hand here
+    writer = Writer(client, interval=3600)  # flushed by hand here
     try:
         now = int(time.time() * 1000)
         steps = 30  # 30 results of 7 rows per run before a flush: 210 rows, one call each
@@ -57,7 +57,7 @@ def test_flushes_space_out_when_a_flush_is_slow(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("writer")
     runs = [client.create_run(experiment).info.run_id for _ in range(16)]
-    writer = _Writer(client, interval=0.01)
+    writer = Writer(client, interval=0.01)
     try:
         now = int(time.time() * 1000)
         for run in runs:

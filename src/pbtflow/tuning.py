@@ -26,7 +26,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.logger import CSVLoggerCallback
 from ray.tune.utils import flatten_dict
 
-from pbtflow import baselines, lineage, names, record_check, tracking, trainables
+from pbtflow import baselines, credentials, delivery, lineage, names, record_check, tracking, trainables
 from pbtflow.experiment import Experiment, ExperimentError
 from pbtflow.pbt import Recording, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
@@ -52,7 +52,7 @@ class _Progress(ray_tune.Callback):
         for event in self.scheduler.events[self._events_seen:]:
             changed = ", ".join(f"{k} {event['old'][k]:.4g} -> {event['new'][k]:.4g}"
                                 for k in event["new"]
-                                if isinstance(event["new"][k], (int, float)) and not tracking.is_secret(k)
+                                if isinstance(event["new"][k], (int, float)) and not credentials.is_secret(k)
                                 and event["new"][k] != event["old"].get(k))
             print(f"[pbt] {event['trial_id']} copies {event['donor_id']} at "
                   f"t={event['time']:g}: {changed or 'no change'}", flush=True)
@@ -466,10 +466,10 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
     # The parent run is named as Ray's experiment folder: one name for both.
     with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None,
                              run_name=experiment_path.name) as parent:
-        parent.spill_path = experiment_path / tracking.SPILL_FILE
+        parent.spill_path = experiment_path / delivery.SPILL_FILE
         if resume is None:
             parent.log_experiment(experiment, {"metric": metric, tracking.MUTATED_PARAM: ",".join(
-                k for k in mutated if not tracking.is_secret(k))})
+                k for k in mutated if not credentials.is_secret(k))})
             parent.client.set_tag(parent.run_id, names.STORAGE, str(experiment_path))
             if experiment.baseline:
                 parent.client.set_tag(parent.run_id, names.BASELINE, experiment.baseline)
@@ -488,7 +488,7 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
                                            resume_errored=True)
         run_config = tuner._local_tuner.get_run_config()
         tracker = next(c for c in run_config.callbacks if isinstance(c, tracking.TrialTracker))
-        tracker.secrets = tracking.secret_values(experiment.to_dict())
+        tracker.secrets = credentials.secret_values(experiment.to_dict())
         tracker.experiment_path = experiment_path  # where Ray's PBT log is, for a resume
         for callback in run_config.callbacks:
             if isinstance(callback, _StallWatch):
