@@ -33,3 +33,6 @@ RECORD_CHECK = "pbtflow.record_check"  # parent: "complete", or the differences 
 
 # Artifacts.
 EXPERIMENT_FILE = "experiment.yaml"
+EVENTS_FILE = "pbt_events.json"  # child run: its exploits
+LINEAGE_FILE = "lineage.json"  # parent run: every member's exploits
+SCHEDULE_FILE = "best_schedule.json"  # parent run: what the best member trained with

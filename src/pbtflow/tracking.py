@@ -389,7 +389,7 @@ class TrialTracker(Callback):
             if self._events_logged.get(trial_id) == len(events):
                 continue
             delivery = {"run_id": run_id, "kind": "json", "data": scrub(events),
-                        "path": "pbt_events.json"}
+                        "path": names.EVENTS_FILE}
             try:
                 send_or_spill(self._client, delivery, spill_to)
                 self._events_logged[trial_id] = len(events)
@@ -564,8 +564,8 @@ class ParentRun:
 
 def log_lineage(parent: "ParentRun", lineage: Mapping[str, Any], schedule: Mapping[str, Any],
                 checkpoint_dir: str | None) -> None:
-    parent.deliver("json", data=scrub(lineage), path="lineage.json")
-    parent.deliver("json", data=scrub(schedule), path="best_schedule.json")
+    parent.deliver("json", data=scrub(lineage), path=names.LINEAGE_FILE)
+    parent.deliver("json", data=scrub(schedule), path=names.SCHEDULE_FILE)
     if checkpoint_dir:
         parent.deliver("dir", local=str(checkpoint_dir), folder="best_checkpoint")
 
@@ -721,7 +721,7 @@ def load_experiment_record(tracking_uri: str | None, run_id: str | None = None,
         "parent": parent,
         "metric": parent.data.params.get("metric", names.RETURN_MEAN),
         "children": children,
-        "best_schedule": artifact("best_schedule.json"),
+        "best_schedule": artifact(names.SCHEDULE_FILE),
     }
 
 
@@ -738,7 +738,7 @@ def load_trial_records(tracking_uri: str | None, run_id: str) -> dict[str, Any]:
         for child in record["children"]:
             run_id_ = child.info.run_id
             try:
-                local = client.download_artifacts(run_id_, "pbt_events.json", tmp)
+                local = client.download_artifacts(run_id_, names.EVENTS_FILE, tmp)
                 events = json.loads(Path(local).read_text())
             except Exception:
                 events = None

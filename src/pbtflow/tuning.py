@@ -696,7 +696,7 @@ def replay(run_id: str, tracking_uri: str | None = None) -> tuple[ResultGrid, fl
     with tempfile.TemporaryDirectory() as tmp:
         settings = yaml.safe_load(Path(tracking.download_artifact(
             record, names.EXPERIMENT_FILE, tmp)).read_text())
-        schedule_file = tracking.download_artifact(record, "best_schedule.json", tmp)
+        schedule_file = tracking.download_artifact(record, names.SCHEDULE_FILE, tmp)
         settings.update(stop_iters=steps, stop_return=float("inf"), resume=None,
                         tracking_uri=tracking_uri or settings.get("tracking_uri"))
         experiment = Experiment(**settings)
