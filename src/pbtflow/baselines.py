@@ -55,7 +55,8 @@ def _merge(space: dict[str, Any], sampled: Mapping[str, Any]) -> dict[str, Any]:
 
 def baseline_spec(spec: TrainableSpec, kind: str) -> TrainableSpec:
     """The spec of the ``kind`` baseline for a PBT spec."""
-    assert kind in KINDS, kind
+    if kind not in KINDS:
+        raise ValueError(f"baseline: {kind!r} is not one of {', '.join(KINDS)}.")
     if kind == "grid":
         return spec
     sampled = {k: _domain(v) for k, v in check_mutations(dict(spec.mutations)).items()}

@@ -150,7 +150,7 @@ def send(client: MlflowClient, delivery: Mapping[str, Any]) -> None:
         client.log_batch(run_id, metrics=[Metric(*m) for m in delivery.get("metrics", [])],
                          params=[Param(k, v) for k, v in delivery.get("params", [])])
     else:
-        raise AssertionError(kind)
+        raise ValueError(f"delivery kind {kind!r} is not json, file, dir, tag or batch")
 
 
 def send_or_spill(client: MlflowClient, delivery: Mapping[str, Any], spill_to: Path | None) -> bool:

@@ -41,7 +41,8 @@ class PBTSafeRetention(Callback):
     _since_sweep = 0  # checkpoints since the last sweep (also for states pickled before it)
 
     def __init__(self, keep: int = 2, scheduler: Any = None) -> None:
-        assert keep >= 1
+        if keep < 1:
+            raise ValueError(f"keep: {keep} checkpoints per trial; keep at least 1.")
         self.keep = keep
         self.scheduler = scheduler
         self.deleted = 0
