@@ -138,3 +138,25 @@ def test_bad_yaml_files(tmp_path, text, words):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ExperimentError, match="no such file"):
         load_yaml(tmp_path / "nope.yaml")
+
+
+def test_errors_say_their_kind():
+    """Bad settings, an unreachable tracking server and a cluster too small are
+    told apart by type (all are ExperimentError, caught by the CLI)."""
+    import socket
+
+    from pbtflow import ClusterError, SettingError, TrackingError
+    from pbtflow.tracking import check_reachable
+    from pbtflow.tuning import _check_resources
+
+    with pytest.raises(SettingError, match="^population: "):
+        Experiment(population=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens on it once closed
+    with pytest.raises(TrackingError, match="^tracking_uri: the MLflow tracking server at "):
+        check_reachable(f"http://127.0.0.1:{port}", timeout=2)
+    with pytest.raises(ClusterError, match="^num_env_runners: one trial needs .* CPUs but the Ray cluster has 1;"):
+        _check_resources(Experiment(num_env_runners=2), {"CPU": 1, "GPU": 0})
+    for kind in (SettingError, TrackingError, ClusterError):
+        assert issubclass(kind, ExperimentError)

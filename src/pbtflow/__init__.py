@@ -1,6 +1,7 @@
 """pbtflow: Population Based Training on Ray Tune, every trial an MLflow child run."""
 
-from pbtflow.experiment import Experiment, ExperimentError, from_sources
+from pbtflow.experiment import (AzureMLError, ClusterError, Experiment, ExperimentError, SettingError,
+                                TrackingError, from_sources)
 
 
 def tune(experiment: Experiment):
@@ -10,4 +11,5 @@ def tune(experiment: Experiment):
     return _tune(experiment)
 
 
-__all__ = ["Experiment", "ExperimentError", "from_sources", "tune"]
+__all__ = ["AzureMLError", "ClusterError", "Experiment", "ExperimentError", "SettingError",
+           "TrackingError", "from_sources", "tune"]

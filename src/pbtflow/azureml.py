@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
 import yaml
 
-from pbtflow.experiment import Experiment, ExperimentError, field_names
+from pbtflow.experiment import AzureMLError, Experiment, SettingError, field_names
 
 MODES = ("parallel", "round-robin")
 # The job sets this to its instance_count; the driver waits until that many
@@ -94,7 +94,7 @@ GPU_ENVIRONMENT = "azureml:pbtflow-gpu@latest"  # environments/gpu.yml
 
 
 def _fail(key: str, message: str) -> NoReturn:
-    raise ExperimentError(f"{key}: {message}.")
+    raise SettingError(f"{key}: {message}.")
 
 
 def node_rank() -> tuple[str, int] | None:
@@ -396,8 +396,8 @@ def _azure_ml():
     try:
         import azure.ai.ml as aml
     except ImportError:
-        raise ExperimentError(f"azure: the Azure ML SDK (azure-ai-ml) is not installed; "
-                              f"{_INSTALL_HINT}.") from None
+        raise AzureMLError(f"azure: the Azure ML SDK (azure-ai-ml) is not installed; "
+                           f"{_INSTALL_HINT}.") from None
     return aml
 
 
@@ -583,7 +583,7 @@ def submit_job(path: str | Path, *, workspace_config: str | None = None,
         from azure.core.exceptions import ClientAuthenticationError
         from azure.identity import DefaultAzureCredential
     except ImportError:
-        raise ExperimentError(f"azure: azure-identity is not installed; {_INSTALL_HINT}.") from None
+        raise AzureMLError(f"azure: azure-identity is not installed; {_INSTALL_HINT}.") from None
     try:
         with _quiet_azure():
             credential = DefaultAzureCredential()

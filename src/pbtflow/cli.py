@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pbtflow.experiment import Experiment, ExperimentError, from_sources
+from pbtflow.experiment import Experiment, ExperimentError, SettingError, from_sources
 
 
 def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +163,7 @@ def _run_aml(args: argparse.Namespace) -> int:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ExperimentError(f"set: must be KEY=VALUE, but got {item!r}; e.g. --set stop_iters=50.")
+            raise SettingError(f"set: must be KEY=VALUE, but got {item!r}; e.g. --set stop_iters=50.")
         settings[key.strip().replace("-", "_")] = value
     display = args.display_name or (Path(args.output).stem if args.output else None)
     options = azureml.JobOptions(settings=settings, **{k: getattr(args, k) for k in _RENDER_OPTIONS

@@ -23,7 +23,24 @@ _TRAINABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class ExperimentError(ValueError):
-    """A user input is invalid; the message names the input and the fix."""
+    """pbtflow cannot run the experiment as asked; the message is one sentence
+    that names the input and the fix. Raised as one of its kinds below."""
+
+
+class SettingError(ExperimentError):
+    """A setting (flag, YAML key, Experiment field, trainable path) is invalid."""
+
+
+class TrackingError(ExperimentError):
+    """MLflow: the tracking server is unreachable or refuses, or a record is missing."""
+
+
+class ClusterError(ExperimentError):
+    """Ray: the cluster cannot host the experiment (too few CPUs, GPUs or nodes)."""
+
+
+class AzureMLError(ExperimentError):
+    """Azure ML: the SDK, credentials or a job spec."""
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -162,7 +179,7 @@ class Experiment:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.mode == "min" and self.metric is not None and self.metric == preset.get("metric"):
-            raise ExperimentError(
+            raise SettingError(
                 f"mode: {self.trainable}'s metric {self.metric!r} is maximised, but got mode='min'; "
                 "drop --mode, or pass --metric with a metric your trainable minimises.")
         if self.cpus_per_trial_process is None:
@@ -306,7 +323,7 @@ def trainable_names() -> tuple[str, ...]:
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
-        raise ExperimentError(f"{key}: {message}.")
+        raise SettingError(f"{key}: {message}.")
 
 
 def _preset_for(env_id: str) -> str:
@@ -317,7 +334,7 @@ def _preset_for(env_id: str) -> str:
     try:
         env = gymnasium.make(env_id)
     except Exception as error:  # a missing extra (box2d, mujoco), a bad constructor
-        raise ExperimentError(
+        raise SettingError(
             f"env: {env_id!r} cannot be built ({type(error).__name__}: {error}); install what it "
             "names (LunarLander and the other Box2D envs: pip install 'pbtflow[box2d]')") from None
     space = env.action_space
@@ -326,7 +343,7 @@ def _preset_for(env_id: str) -> str:
         return "discrete"
     if isinstance(space, gymnasium.spaces.Box):
         return "continuous"
-    raise ExperimentError(
+    raise SettingError(
         f"preset: {env_id!r} has a {type(space).__name__} action space, which neither PPO preset "
         "covers; pass --preset discrete, continuous or cluster and your own mutations")
 
@@ -338,7 +355,7 @@ def _check_env(env_id: str) -> None:
         return
     close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else "list them with `python -c \"import gymnasium; print(*gymnasium.registry)\"`"
-    raise ExperimentError(f"env: {env_id!r} is not a registered gymnasium environment id; {hint}")
+    raise SettingError(f"env: {env_id!r} is not a registered gymnasium environment id; {hint}")
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
@@ -347,8 +364,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if value is None:
         if "None" in kind:
             return None
-        raise ExperimentError(f"{f.name}: a value is required; remove the key to use the default "
-                              f"({f.default!r}).")
+        raise SettingError(f"{f.name}: a value is required; remove the key to use the default "
+                           f"({f.default!r}).")
     if kind.startswith("tuple"):  # two numbers: [1.2, 0.8], or a flag's "1.2 0.8" / "1.2,0.8"
         return _two_numbers(f, value)
     try:
@@ -375,8 +392,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return str(value)
     except (TypeError, ValueError):
         wanted = kind.split(" ")[0].split("|")[0]
-        raise ExperimentError(f"{f.name}: expected {wanted}, but got {value!r}; "
-                              f"{f.metadata.get('help', '')}".rstrip("; ")) from None
+        raise SettingError(f"{f.name}: expected {wanted}, but got {value!r}; "
+                           f"{f.metadata.get('help', '')}".rstrip("; ")) from None
     return value
 
 
@@ -390,8 +407,8 @@ def _two_numbers(f: dataclasses.Field, value: Any) -> tuple[float, float]:
     except ValueError:
         numbers = ()
     if len(numbers) != 2 or not all(math.isfinite(n) for n in numbers):
-        raise ExperimentError(f"{f.name}: expected two numbers (e.g. 1.2 0.8), but got "
-                              f"{' '.join(words) or repr(value)}; {f.metadata['help']}")
+        raise SettingError(f"{f.name}: expected two numbers (e.g. 1.2 0.8), but got "
+                           f"{' '.join(words) or repr(value)}; {f.metadata['help']}")
     return numbers
 
 
@@ -404,28 +421,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read an experiment file; unknown keys fail with the closest valid key."""
     path = Path(path)
     if not path.is_file():
-        raise ExperimentError(f"config: no such file {str(path)!r}; pass an existing YAML file to --config.")
+        raise SettingError(f"config: no such file {str(path)!r}; pass an existing YAML file to --config.")
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except _DuplicateKey as exc:
-        raise ExperimentError(f"config: {str(path)!r} names {exc.key!r} twice (lines {exc.first} and "
-                              f"{exc.second}); keep one of them.") from None
+        raise SettingError(f"config: {str(path)!r} names {exc.key!r} twice (lines {exc.first} and "
+                           f"{exc.second}); keep one of them.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ExperimentError(f"config: {str(path)!r} is not valid YAML{where} ({problem}); fix the file.") from None
+        raise SettingError(f"config: {str(path)!r} is not valid YAML{where} ({problem}); fix the file.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ExperimentError(f"config: {str(path)!r} must hold a mapping of settings (key: value), "
-                              f"but holds a {type(data).__name__}.")
+        raise SettingError(f"config: {str(path)!r} must hold a mapping of settings (key: value), "
+                           f"but holds a {type(data).__name__}.")
     settings: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name in settings:
-            raise ExperimentError(f"config: {str(path)!r} names the setting {name!r} twice (as "
-                                  f"{name!r} and {name.replace('_', '-')!r}); keep one of them.")
+            raise SettingError(f"config: {str(path)!r} names the setting {name!r} twice (as "
+                               f"{name!r} and {name.replace('_', '-')!r}); keep one of them.")
         settings[name] = value
     check_keys(settings, source=str(path))
     return settings
@@ -459,7 +476,7 @@ def check_keys(data: Mapping[str, Any], source: str) -> None:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-            raise ExperimentError(f"config: unknown key {key!r} in {source}; {hint}")
+            raise SettingError(f"config: unknown key {key!r} in {source}; {hint}")
 
 
 def from_sources(config_file: str | Path | None = None,

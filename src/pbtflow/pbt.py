@@ -22,7 +22,7 @@ from ray.tune.schedulers import PopulationBasedTraining, PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
-from pbtflow.experiment import Experiment, ExperimentError
+from pbtflow.experiment import Experiment, SettingError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def to_mutation(spec: Any, name: str = "mutations") -> Any:
         return spec
     if isinstance(spec, (list, tuple)):
         if not spec:
-            raise ExperimentError(f"{name}: a list mutation needs at least one value, but got [].")
+            raise SettingError(f"{name}: a list mutation needs at least one value, but got [].")
         return list(spec)
     if isinstance(spec, Mapping):
         if is_domain(spec):
@@ -59,12 +59,12 @@ def to_mutation(spec: Any, name: str = "mutations") -> Any:
                     return _DOMAINS[kind](*args)
                 return _DOMAINS[kind](*[float(a) if "uniform" in kind else a for a in args])
             except (TypeError, ValueError) as exc:
-                raise ExperimentError(f"{name}: {{{kind}: {list(args)}}} is not a valid Tune domain "
-                                      f"({exc}); write e.g. {{{kind}: [low, high]}}.") from None
+                raise SettingError(f"{name}: {{{kind}: {list(args)}}} is not a valid Tune domain "
+                                   f"({exc}); write e.g. {{{kind}: [low, high]}}.") from None
         if not spec:
-            raise ExperimentError(f"{name}: an empty mapping mutates nothing; remove it or give values.")
+            raise SettingError(f"{name}: an empty mapping mutates nothing; remove it or give values.")
         return {k: to_mutation(v, f"{name}.{k}") for k, v in spec.items()}
-    raise ExperimentError(
+    raise SettingError(
         f"{name}: a mutation must be a list, a Tune domain, a callable or a mapping, but got "
         f"{spec!r} ({type(spec).__name__}); write e.g. [1e-3, 1e-4] or {{uniform: [0.9, 1.0]}}.")
 
@@ -73,7 +73,7 @@ def check_mutations(mutations: Mapping[str, Any]) -> dict[str, Any]:
     """Validate and convert a whole mutations mapping; a numeric range must
     hold more than one value (not empty, not reversed)."""
     if not mutations:
-        raise ExperimentError("mutations: PBT needs at least one hyperparameter to mutate.")
+        raise SettingError("mutations: PBT needs at least one hyperparameter to mutate.")
     converted = {k: to_mutation(v, f"mutations.{k}") for k, v in mutations.items()}
     for key in flatten_keys(converted):
         mutation = get_path(converted, key)
@@ -82,7 +82,7 @@ def check_mutations(mutations: Mapping[str, Any]) -> dict[str, Any]:
             kind = "randint" if isinstance(mutation, Integer) else "uniform"
             low, high = mutation.lower, mutation.upper
             span = f"[{low:g}, {high:g})" if kind == "randint" else f"[{low:g}, {high:g}]"
-            raise ExperimentError(
+            raise SettingError(
                 f"mutations.{key}: the range {span} holds no value to explore (empty or "
                 f"reversed); write {{{kind}: [low, high]}} with low < high"
                 + (" (randint's high is exclusive)" if kind == "randint" else "") + ".")
@@ -99,7 +99,7 @@ def check_initial_in_range(initial: Mapping[str, Any], mutations: Mapping[str, A
             continue
         low, high, _ = found
         if not low <= value <= high:
-            raise ExperimentError(
+            raise SettingError(
                 f"initial.{key}: {value:g} lies outside its mutation's range [{low:g}, {high:g}], "
                 "so PBT would clip it at the first explore; start inside the range or widen the "
                 "mutation.")
@@ -145,7 +145,7 @@ def bounds_of(mutation: Any) -> tuple[float, float, bool] | None:
     return None
 
 
-class ExploreError(ExperimentError):
+class ExploreError(SettingError):
     """The user's explore function broke its contract; the message names it."""
 
 
@@ -346,7 +346,7 @@ def pb2_bounds(mutations: Mapping[str, Any]) -> dict[str, Any]:
         if found is None:
             shown = (f"{{choice: {mutation.categories}}}" if isinstance(mutation, Categorical)
                      else repr(mutation))
-            raise ExperimentError(
+            raise SettingError(
                 f"mutations.{key}: PB2 explores continuous ranges only, but got {shown}; write a "
                 "range such as {uniform: [low, high]} or a list of numbers, or use --scheduler pbt.")
         _set_path(bounds, key, [found[0], found[1]])

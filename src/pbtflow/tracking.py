@@ -30,7 +30,7 @@ from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
 from pbtflow import names
-from pbtflow.experiment import Experiment, ExperimentError
+from pbtflow.experiment import Experiment, ExperimentError, SettingError, TrackingError
 from pbtflow.delivery import BATCH_LIMIT, Writer, send, send_or_spill, spill
 from pbtflow.pbt import get_path
 from pbtflow.credentials import REDACTED, is_secret, redact, scrub, secret_values
@@ -72,8 +72,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         reason = f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         reason = str(getattr(exc, "reason", exc))
-    raise ExperimentError(f"tracking_uri: the MLflow tracking server at {uri} is not reachable "
-                          f"({reason}); start it, or pass a reachable --tracking-uri.")
+    raise TrackingError(f"tracking_uri: the MLflow tracking server at {uri} is not reachable "
+                        f"({reason}); start it, or pass a reachable --tracking-uri.")
 
 
 def as_number(value: Any) -> float | None:
@@ -102,8 +102,8 @@ def sync(path: str | Path) -> tuple[int, int]:
     number of metric rows and run endings sent, and removes the file."""
     path = Path(path)
     if not path.is_file():
-        raise ExperimentError(f"sync: no such file {str(path)!r}; pass the file the interrupted "
-                              "delivery named.")
+        raise SettingError(f"sync: no such file {str(path)!r}; pass the file the interrupted "
+                           "delivery named.")
     data = json.loads(path.read_text())
     check_reachable(data["tracking_uri"])
     client = MlflowClient(data["tracking_uri"])
@@ -574,8 +574,8 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
-            raise ExperimentError(f"experiment_name: the MLflow experiment {name!r} is deleted; "
-                                  "restore it or pick another --experiment-name.")
+            raise TrackingError(f"experiment_name: the MLflow experiment {name!r} is deleted; "
+                                "restore it or pick another --experiment-name.")
         return found.experiment_id
     return client.create_experiment(name)
 
@@ -610,8 +610,8 @@ def parent_run(experiment: Experiment, resume_run_id: str | None = None,
     except ExperimentError:
         raise
     except Exception as exc:
-        raise ExperimentError(f"tracking_uri: MLflow at {uri} refused to open the parent run ({exc}); "
-                              "check the URI and your access to it.") from None
+        raise TrackingError(f"tracking_uri: MLflow at {uri} refused to open the parent run ({exc}); "
+                            "check the URI and your access to it.") from None
     try:
         yield parent
     except (KeyboardInterrupt, TuningInterrupted):
@@ -691,19 +691,19 @@ def load_experiment_record(tracking_uri: str | None, run_id: str | None = None,
     if run_id is None:
         exp = client.get_experiment_by_name(experiment_name or "pbt")
         if exp is None:
-            raise ExperimentError(f"experiment: no MLflow experiment {experiment_name!r} at {uri}; "
-                                  "check --experiment and --tracking-uri.")
+            raise TrackingError(f"experiment: no MLflow experiment {experiment_name!r} at {uri}; "
+                                "check --experiment and --tracking-uri.")
         parents = client.search_runs([exp.experiment_id], f"tags.`{names.ROLE}` = 'parent'",
                                      order_by=["attributes.start_time DESC"], max_results=1)
         if not parents:
-            raise ExperimentError(f"experiment: {experiment_name!r} has no pbtflow parent run yet.")
+            raise TrackingError(f"experiment: {experiment_name!r} has no pbtflow parent run yet.")
         parent = parents[0]
     else:
         try:
             parent = client.get_run(run_id)
         except Exception:
-            raise ExperimentError(f"run_id: no MLflow run {run_id!r} at {uri}; "
-                                  "copy the parent run's id from the MLflow UI.") from None
+            raise TrackingError(f"run_id: no MLflow run {run_id!r} at {uri}; "
+                                "copy the parent run's id from the MLflow UI.") from None
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`{names.PARENT_RUN_ID}` = '{parent.info.run_id}'",
                                   max_results=10000)
@@ -766,8 +766,8 @@ def download_artifact(record: Mapping[str, Any], path: str, destination: str) ->
     try:
         return client.download_artifacts(record["parent"].info.run_id, path, destination)
     except Exception as exc:
-        raise ExperimentError(f"run_id: the parent run {record['parent'].info.run_id} has no {path} "
-                              f"artifact ({exc}); it is logged when tuning finishes.") from None
+        raise TrackingError(f"run_id: the parent run {record['parent'].info.run_id} has no {path} "
+                            f"artifact ({exc}); it is logged when tuning finishes.") from None
 
 
 def download_best_checkpoint(record: Mapping[str, Any], destination: str) -> str:

@@ -27,7 +27,7 @@ from ray.tune.logger import CSVLoggerCallback
 from ray.tune.utils import flatten_dict
 
 from pbtflow import baselines, credentials, delivery, lineage, names, record_check, tracking, trainables
-from pbtflow.experiment import Experiment, ExperimentError
+from pbtflow.experiment import ClusterError, Experiment, ExperimentError, SettingError, TrackingError
 from pbtflow.pbt import Recording, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
 from pbtflow.trainables.function import load as load_users_function
@@ -311,7 +311,7 @@ def _wait_for_nodes() -> None:
         expected, timeout = 0, 0.0
     if expected < 1 or not timeout > 0:
         ray.shutdown()
-        raise ExperimentError(
+        raise SettingError(
             f"{RAY_NODES_ENV}: must be a whole number of nodes, 1 or more (and "
             f"{RAY_NODES_TIMEOUT_ENV} a positive number of seconds), but got {raw!r} and "
             f"{raw_timeout!r}; set them in the job's environment_variables.")
@@ -327,7 +327,7 @@ def _wait_for_nodes() -> None:
         log.info("pbtflow: waiting for Ray nodes: %d of %d alive", alive, expected)
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
     ray.shutdown()
-    raise ExperimentError(
+    raise ClusterError(
         f"{RAY_NODES_ENV}: expected {expected} Ray nodes, but got {alive} alive after {timeout:g} s; "
         f"check the worker nodes' logs, or lower resources.instance_count (and {RAY_NODES_ENV}) "
         f"to the nodes you have, or raise {RAY_NODES_TIMEOUT_ENV}.")
@@ -382,12 +382,12 @@ def _check_resources(experiment: Experiment, total: Mapping[str, float] | None =
     total = ray.cluster_resources() if total is None else total
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
     if experiment.cpus_per_trial > cpus:
-        raise ExperimentError(
+        raise ClusterError(
             f"num_env_runners: one trial needs {experiment.cpus_per_trial:g} CPUs but the Ray cluster "
             f"has {cpus:g}; lower --num-env-runners or --cpus-per-env-runner, or add nodes.")
     if experiment.gpus_per_trial > gpus:
-        raise ExperimentError(f"gpus_per_trial: one trial needs {experiment.gpus_per_trial:g} GPUs but "
-                              f"the Ray cluster has {gpus:g}; lower --gpus-per-trial or add GPU nodes.")
+        raise ClusterError(f"gpus_per_trial: one trial needs {experiment.gpus_per_trial:g} GPUs but "
+                           f"the Ray cluster has {gpus:g}; lower --gpus-per-trial or add GPU nodes.")
 
 
 MIN_FREE_MIB = 100  # below this, checkpoints would soon fill the storage disk
@@ -402,13 +402,13 @@ def _check_storage(path: Path) -> None:
             probe.write(b"\0" * 4096)
             probe.flush()
     except OSError as exc:
-        raise ExperimentError(f"storage_path: {str(path)!r} cannot be created or written "
-                              f"({exc.strerror or exc}); pass a writable --storage-path.") from None
+        raise SettingError(f"storage_path: {str(path)!r} cannot be created or written "
+                           f"({exc.strerror or exc}); pass a writable --storage-path.") from None
     free_mib = shutil.disk_usage(path).free / 2 ** 20
     if free_mib < MIN_FREE_MIB:
-        raise ExperimentError(f"storage_path: {str(path)!r} has {free_mib:.0f} MiB free, less than the "
-                              f"{MIN_FREE_MIB} MiB checkpoints need; free some space or pass another "
-                              "--storage-path.")
+        raise SettingError(f"storage_path: {str(path)!r} has {free_mib:.0f} MiB free, less than the "
+                           f"{MIN_FREE_MIB} MiB checkpoints need; free some space or pass another "
+                           "--storage-path.")
 
 
 STATE_FILE = "pbtflow_state.pkl"  # the experiment and its parent run id, beside Tune's state
@@ -417,8 +417,8 @@ STATE_FILE = "pbtflow_state.pkl"  # the experiment and its parent run id, beside
 def _load_resume_state(path: str) -> dict[str, Any]:
     state_file = Path(path).expanduser() / STATE_FILE
     if not state_file.is_file():
-        raise ExperimentError(f"resume: {path!r} is not an interrupted pbtflow experiment (no "
-                              f"{STATE_FILE}); pass the folder printed when it stopped.")
+        raise SettingError(f"resume: {path!r} is not an interrupted pbtflow experiment (no "
+                           f"{STATE_FILE}); pass the folder printed when it stopped.")
     return cloudpickle.loads(state_file.read_bytes())
 
 
@@ -688,8 +688,8 @@ def replay(run_id: str, tracking_uri: str | None = None) -> tuple[ResultGrid, fl
     record = tracking.load_experiment_record(tracking_uri, run_id)
     parent, metric = record["parent"], record["metric"]
     if not record["best_schedule"]:
-        raise ExperimentError(f"run_id: {run_id} has no best_schedule.json; replay needs a parent "
-                              "run of a finished pbtflow experiment.")
+        raise TrackingError(f"run_id: {run_id} has no best_schedule.json; replay needs a parent "
+                            "run of a finished pbtflow experiment.")
     best_id = parent.data.tags.get(names.BEST_TRIAL)
     best_child = next(c for c in record["children"] if c.data.tags.get(names.TRIAL_ID) == best_id)
     steps = int(best_child.data.metrics.get(names.TRAINING_ITERATION, 1))

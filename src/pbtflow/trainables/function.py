@@ -17,7 +17,7 @@ from typing import Any, Callable
 from ray import cloudpickle, tune
 
 from pbtflow import checkpoint
-from pbtflow.experiment import ExperimentError
+from pbtflow.experiment import SettingError
 from pbtflow.pbt import check_initial_in_range, check_mutations, is_domain, to_mutation
 from pbtflow.trainables import TrainableSpec
 
@@ -34,7 +34,7 @@ def _import(path: str, setting: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or an error raised while importing it
-        raise ExperimentError(
+        raise SettingError(
             f"{setting}: {module_name!r} must be an importable module, but got {setting}={path!r} "
             f"({type(exc).__name__}: {exc}); run from the folder that holds it, add that folder to "
             "PYTHONPATH, or pip install your package.") from None
@@ -42,7 +42,7 @@ def _import(path: str, setting: str) -> Any:
     if found is None:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                         and getattr(v, "__module__", None) == module.__name__)
-        raise ExperimentError(
+        raise SettingError(
             f"{setting}: module {module_name!r} must define {attr!r}, but got {setting}={path!r}; "
             f"its functions and classes are: {', '.join(public) or 'none'}.")
     # Ship the module's code with the trials: Ray's workers do not see the
@@ -64,13 +64,13 @@ def _checked_function(function: Any, path: str, setting: str) -> Callable[[dict]
         kind = "a class that is not a ray.tune.Trainable" if inspect.isclass(function) else \
             f"a {type(function).__name__}"
         classes = " or a tune.Trainable subclass" if setting == "trainable" else ""
-        raise ExperimentError(
+        raise SettingError(
             f"{setting}: {path!r} must name a function taking the config dict{classes}, but got "
             f"{kind}; point it at a `def {attr}(config): ...`.")
     try:
         inspect.signature(function).bind({})
     except TypeError:
-        raise ExperimentError(
+        raise SettingError(
             f"{setting}: {path!r} must accept exactly one argument (the config dict), but got "
             f"{attr}{inspect.signature(function)}; define it as `def {attr}(config): ...`.") from None
     except ValueError:  # builtins without a signature: let Tune try
@@ -106,11 +106,11 @@ def spec(function: Callable[[dict], Any], experiment, *, metric: str | None,
     mutations = experiment.mutations if experiment.mutations is not None else mutations
     metric = experiment.metric or metric
     if metric is None:
-        raise ExperimentError(
+        raise SettingError(
             f"metric: a custom trainable needs the metric PBT ranks members by, but got none for "
             f"trainable={experiment.trainable!r}; pass --metric with a key your function reports.")
     if not mutations:
-        raise ExperimentError(
+        raise SettingError(
             f"mutations: PBT needs the hyperparameters to mutate, but got none for "
             f"trainable={experiment.trainable!r}; add `mutations:` to the --config YAML file "
             "(e.g. lr: {loguniform: [1.0e-4, 1.0e-1]}) or pass Experiment(mutations=...).")
