@@ -494,14 +494,11 @@ def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> 
             if isinstance(callback, _StallWatch):
                 callback.timeout = experiment.stall_timeout
         stopper = run_config.stop
-        # PopulationStopper reports a missing metric in one sentence; Tune's own
-        # check would raise first with the whole result dumped.
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         # Tune turns SIGINT into a clean stop; make SIGTERM do the same.
         previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         interrupt = _InterruptWatch()
         try:
-            with _csv_logger_only(), interrupt:
+            with _tune_environment(), interrupt:
                 results = tuner.fit()
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -629,22 +626,29 @@ class _InterruptWatch(logging.Handler):
         self._logger.removeHandler(self)
 
 
+# Tune's settings by environment variable, set while Tuner.fit runs and restored
+# after: Tune's result loggers without JSON and TensorBoard (the JSON logger
+# copies a trial's result.json back from storage whenever the trial restarts,
+# after every PBT pause, truncating the rows not yet synced, and both cost
+# time; progress.csv keeps every row and is what Result.metrics_dataframe
+# reads), and no strict metric check (PopulationStopper reports a missing
+# metric in one sentence; Tune's check would raise first with the whole result
+# dumped).
+TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+
+
 @contextlib.contextmanager
-def _csv_logger_only():
-    """Tune's result loggers without JSON and TensorBoard: the JSON logger copies
-    a trial's result.json back from storage whenever the trial restarts (after
-    every PBT pause), truncating the rows not yet synced, and both cost time.
-    progress.csv keeps every row and is what Result.metrics_dataframe reads."""
-    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-    previous = os.environ.get(key)
-    os.environ[key] = "1"
+def _tune_environment():
+    previous = {key: os.environ.get(key) for key in TUNE_ENVIRONMENT}
+    os.environ.update(TUNE_ENVIRONMENT)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _checkpoint_config(experiment: Experiment, spec: trainables.TrainableSpec) -> ray_tune.CheckpointConfig:
