@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.utils import flatten_dict
@@ -23,10 +24,12 @@ from mlflow_checks import assert_record_is_true, runs_by_role
 def _run(root, name: str, **settings):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tune_settings = {k: v for k, v in os.environ.items() if k.startswith("TUNE_")}
+    random.seed(12345)  # the caller's generator, which a seeded run must leave alone
     results = pbtflow.tune(pbtflow.Experiment(experiment_name=name, tracking_uri=uri, seed=0,
                                               storage_path=str(root / "results"), **settings))
     # Tune's settings by environment variable are restored after the run.
     assert {k: v for k, v in os.environ.items() if k.startswith("TUNE_")} == tune_settings
+    assert random.random() == random.Random(12345).random()
     client = MlflowClient(uri)
     parents, _ = runs_by_role(client, name)
     assert len(parents) == 1

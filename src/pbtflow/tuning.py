@@ -425,7 +425,18 @@ def _load_resume_state(path: str) -> dict[str, Any]:
 def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> ResultGrid:
     """Run PBT for ``experiment`` and return Ray Tune's results. Every trial is
     an MLflow child run under one parent run. With ``experiment.resume`` set,
-    continue an interrupted experiment into the same runs."""
+    continue an interrupted experiment into the same runs. A seed seeds
+    Python's and NumPy's global generators (Ray's PBT draws from them) for the
+    run only: the caller's generator states are restored after."""
+    states = random.getstate(), np.random.get_state()
+    try:
+        return _tune(experiment, replay)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+
+
+def _tune(experiment: Experiment, replay: Mapping[str, Any] | None) -> ResultGrid:
     resume = _load_resume_state(experiment.resume) if experiment.resume else None
     if resume is not None:  # the interrupted experiment, with a stall timeout given now
         experiment = resume["experiment"].replace(
