@@ -160,3 +160,23 @@ def test_errors_say_their_kind():
         _check_resources(Experiment(num_env_runners=2), {"CPU": 1, "GPU": 0})
     for kind in (SettingError, TrackingError, ClusterError):
         assert issubclass(kind, ExperimentError)
+
+
+def test_a_resume_state_survives_settings_added_or_removed(tmp_path):
+    """The resume state keeps settings as plain values: a setting an older
+    pbtflow did not have takes its default, one it no longer has is dropped."""
+    from pbtflow.tuning import _load_resume_state, _save_resume_state
+
+    experiment = Experiment(population=3, stop_iters=7, seed=5)
+    _save_resume_state(experiment, "run123", tmp_path)
+    state = _load_resume_state(str(tmp_path))
+    assert state["experiment"] == experiment and state["parent_run_id"] == "run123"
+    from ray import cloudpickle
+
+    data = cloudpickle.loads((tmp_path / "pbtflow_state.pkl").read_bytes())
+    data["settings"]["a_setting_from_another_version"] = 1
+    del data["settings"]["perturbation_interval"]
+    (tmp_path / "pbtflow_state.pkl").write_bytes(cloudpickle.dumps(data))
+    state = _load_resume_state(str(tmp_path))
+    assert state["experiment"].population == 3 and state["experiment"].stop_iters == 7
+    assert state["experiment"].perturbation_interval == Experiment(population=3).perturbation_interval

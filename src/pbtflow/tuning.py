@@ -4,6 +4,7 @@ callbacks) -> Ray Tune -> results, with every trial tracked in MLflow."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -414,12 +415,23 @@ def _check_storage(path: Path) -> None:
 STATE_FILE = "pbtflow_state.pkl"  # the experiment and its parent run id, beside Tune's state
 
 
+def _save_resume_state(experiment: Experiment, parent_run_id: str, path: Path) -> None:
+    """The experiment's settings as plain values (not the dataclass: a setting
+    added to pbtflow later would break the resume of an older experiment)."""
+    (path / STATE_FILE).write_bytes(cloudpickle.dumps(
+        {"settings": experiment.to_dict(), "parent_run_id": parent_run_id, "path": str(path)}))
+
+
 def _load_resume_state(path: str) -> dict[str, Any]:
     state_file = Path(path).expanduser() / STATE_FILE
     if not state_file.is_file():
         raise SettingError(f"resume: {path!r} is not an interrupted pbtflow experiment (no "
                            f"{STATE_FILE}); pass the folder printed when it stopped.")
-    return cloudpickle.loads(state_file.read_bytes())
+    state = cloudpickle.loads(state_file.read_bytes())
+    if "settings" in state:  # settings pbtflow no longer has are dropped; new ones take defaults
+        known = {f.name for f in dataclasses.fields(Experiment)}
+        state["experiment"] = Experiment(**{k: v for k, v in state.pop("settings").items() if k in known})
+    return state
 
 
 def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> ResultGrid:
@@ -489,9 +501,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None) -> ResultGri
             tuner = _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent,
                                storage, run_name)
             experiment_path.mkdir(parents=True, exist_ok=True)
-            (experiment_path / STATE_FILE).write_bytes(cloudpickle.dumps(
-                {"experiment": experiment, "parent_run_id": parent.run_id,
-                 "path": str(experiment_path)}))
+            _save_resume_state(experiment, parent.run_id, experiment_path)
         else:
             lineage.keep_ray_log(experiment_path)  # the resumed Ray rewrites pbt_global.txt
             tuner = ray_tune.Tuner.restore(str(experiment_path), trainable=spec.trainable,
