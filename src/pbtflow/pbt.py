@@ -22,6 +22,7 @@ from ray.tune.schedulers import PopulationBasedTraining, PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
+from pbtflow import ray_internals
 from pbtflow.experiment import Experiment, SettingError
 
 log = logging.getLogger(__name__)
@@ -257,14 +258,15 @@ class Recording:
             # without the metric, e.g. RL iterations that end no episode, make
             # it so); then no paused member is behind it and none is ever
             # resumed. The next sync is one interval after the members' time.
-            reached = max(state.last_train_time for state in self._trial_state.values())
+            reached = max(state.last_train_time
+                          for state in ray_internals.pbt_trial_states(self).values())
             if self._next_perturbation_sync <= reached:
                 self._next_perturbation_sync = reached + self._perturbation_interval
         return decision
 
     def _exploit(self, tune_controller, trial, trial_to_clone):
-        state = self._trial_state[trial]
-        donor_state = self._trial_state[trial_to_clone]
+        states = ray_internals.pbt_trial_states(self)
+        state, donor_state = states[trial], states[trial_to_clone]
         before = {k: get_path(trial.config, k) for k in self.mutated_keys}
         step = (state.last_result or {}).get("training_iteration")  # the result that decided
         at = state.last_train_time

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 
 from ray.tune import Callback
 
+from pbtflow import ray_internals
+
 log = logging.getLogger(__name__)
 SWEEPS_PER_ROUND = 4  # sweeps while the population saves one checkpoint each
 
@@ -28,10 +30,6 @@ def _path(item: Any) -> str | None:
     """The storage path of a Checkpoint or a (checkpoint, metrics) training result."""
     checkpoint = getattr(item, "checkpoint", item)
     return getattr(checkpoint, "path", None)
-
-
-def _manager(trial: Any):
-    return trial.run_metadata.checkpoint_manager
 
 
 class PBTSafeRetention(Callback):
@@ -52,7 +50,7 @@ class PBTSafeRetention(Callback):
         """Checkpoints PBT recorded for its next exploits, and the trials whose
         recorded checkpoint is a save still in flight (not pruned this time)."""
         pinned, unsettled = set(), set()
-        states = getattr(self.scheduler, "_trial_state", None) or {}
+        states = ray_internals.pbt_trial_states(self.scheduler)
         for trial, state in states.items():
             last = getattr(state, "last_checkpoint", None)
             if last is None:
@@ -76,7 +74,7 @@ class PBTSafeRetention(Callback):
         """(paths that must stay, trial ids not to prune now)."""
         pinned, unsettled = self._pbt_donor_paths()
         for trial in trials:
-            latest = _manager(trial).latest_checkpoint_result
+            latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
             if latest is not None and _path(latest):
                 pinned.add(_path(latest))  # its own, or the donor's after an exploit
             restoring = trial.temporary_state.restoring_from
@@ -95,8 +93,7 @@ class PBTSafeRetention(Callback):
         for trial in trials:
             if trial.trial_id in unsettled:
                 continue
-            manager = _manager(trial)
-            results = manager._checkpoint_results  # registration order (no score attribute)
+            results = ray_internals.checkpoint_results(trial)  # registration order (no score attribute)
             order: list[str] = []
             for result in results:  # the same checkpoint can be registered twice
                 path = _path(result)
@@ -108,7 +105,7 @@ class PBTSafeRetention(Callback):
             if not doomed:
                 continue
             by_path = {_path(r): r for r in results}
-            manager._checkpoint_results = [r for r in results if _path(r) not in doomed]
+            ray_internals.set_checkpoint_results(trial, [r for r in results if _path(r) not in doomed])
             for path in doomed:
                 checkpoint = by_path[path].checkpoint
                 try:

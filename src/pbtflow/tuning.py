@@ -27,7 +27,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.logger import CSVLoggerCallback
 from ray.tune.utils import flatten_dict
 
-from pbtflow import baselines, credentials, delivery, lineage, names, record_check, tracking, trainables
+from pbtflow import (baselines, credentials, delivery, lineage, names, ray_internals, record_check,
+                     tracking, trainables)
 from pbtflow.experiment import ClusterError, Experiment, ExperimentError, SettingError, TrackingError
 from pbtflow.pbt import Recording, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
@@ -81,7 +82,7 @@ class _Population(BasicVariantGenerator):
         # Once the stopper ends the experiment, Tune terminates paused and
         # pending trials without telling the searcher: do not wait for them.
         stopped = self._stopper is not None and self._stopper.stop_all()
-        return super().is_finished() and (stopped or not self._live_trials)
+        return super().is_finished() and (stopped or not ray_internals.live_trials(self))
 
 
 _STOPPER_BOARDS: dict[str, dict[str, Any]] = {}  # stopper token -> what its copies learned
@@ -485,6 +486,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None) -> ResultGri
     elif not _joins_cluster():  # Ray would start on this machine
         _check_resources(experiment, {"CPU": os.cpu_count() or 1, "GPU": float("inf")})
     _init_ray()
+    ray_internals.check_version()
     _check_resources(experiment)
     # The parent run is named as Ray's experiment folder: one name for both.
     with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None,
@@ -507,7 +509,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None) -> ResultGri
             tuner = ray_tune.Tuner.restore(str(experiment_path), trainable=spec.trainable,
                                            param_space=spec.param_space, resume_unfinished=True,
                                            resume_errored=True)
-        run_config = tuner._local_tuner.get_run_config()
+        run_config = ray_internals.run_config(tuner)
         tracker = next(c for c in run_config.callbacks if isinstance(c, tracking.TrialTracker))
         tracker.secrets = credentials.secret_values(experiment.to_dict())
         tracker.experiment_path = experiment_path  # where Ray's PBT log is, for a resume
@@ -524,7 +526,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None) -> ResultGri
         finally:
             signal.signal(signal.SIGTERM, previous)
             tracker.close(spill_to=parent.spill_path)
-        statuses = {t.trial_id: t.status for t in results._experiment_analysis.trials}
+        statuses = ray_internals.trial_statuses(results)
         tracker.end_remaining(statuses)
         if stopper.error:
             raise ExperimentError(stopper.error)

@@ -17,6 +17,8 @@ from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
+from pbtflow import ray_internals
+
 # Config keys that RLlib's PPO reads when it samples or learns, never when it
 # builds, so that a new value applies to a live Algorithm (the learner's and
 # env runners' config is swapped, and the schedulers and the GAE connector
@@ -83,7 +85,7 @@ def _reset_learner(learner, config) -> None:
     learner._weights_seq_no = 0  # else a restored, older checkpoint's weights are ignored
     learner.entropy_coeff_schedulers_per_module.clear()  # rebuilt from config on use
     learner.curr_kl_coeffs_per_module.clear()  # not checkpointed: starts from config
-    for piece in learner._learner_connector.connectors:
+    for piece in ray_internals.learner_connectors(learner):
         if isinstance(piece, GeneralAdvantageEstimation):
             piece.gamma, piece.lambda_ = config.gamma, config.lambda_
     for module_id, optimizer_names in learner._module_optimizers.items():
@@ -130,7 +132,7 @@ class EffectiveValues(RLlibCallback):
             "train_batch_size_per_learner": algorithm.config.train_batch_size_per_learner,
         }
         if learner is not None:  # what the GAE connector and the optimizer use
-            gae = [p for p in learner._learner_connector.connectors
+            gae = [p for p in ray_internals.learner_connectors(learner)
                    if isinstance(p, GeneralAdvantageEstimation)]
             if gae:
                 effective["gamma"], effective["lambda"] = gae[0].gamma, gae[0].lambda_

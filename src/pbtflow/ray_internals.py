@@ -1,0 +1,78 @@
+"""Every use of Ray's private state, in one place.
+
+Ray Tune and RLlib have no public API for what pbtflow needs here, so these
+functions read or write private attributes. They are tested with the Ray
+minor release ``pyproject.toml`` pins (``TESTED_RAY``); after an upgrade, this
+module is the one to check. The other private uses are overrides of Ray's
+private methods and attributes in subclasses, listed here so that they are
+checked at the same time:
+
+- ``pbt.Recording`` (subclasses ``PopulationBasedTraining`` and ``PB2``):
+  overrides ``_exploit``; reads ``_hyperparam_mutations``, ``_metric``,
+  ``_time_attr``, ``_synch``, ``_perturbation_interval``, and reads and sets
+  ``_next_perturbation_sync``.
+- ``pbt.ScheduleReplay`` (subclasses ``PopulationBasedTrainingReplay``):
+  overrides ``_load_policy``.
+- ``retention``: resolves the ``_FutureTrainingResult`` PBT keeps for a save
+  in flight, as PBT itself does before an exploit.
+- ``tuning._InterruptWatch``: matches Tune's log text "has been interrupted".
+- ``trainables.ppo_algorithm``: resets an RLlib learner in place when a PPO
+  member reuses its actor (``_weights_seq_no``, ``_module_optimizers``,
+  ``_named_optimizers``, ``_optimizer_lr_schedules``, ``_set_optimizer_lr``,
+  ``_needs_initial_reset``, ``_device``) and keeps the algorithm's built
+  config (``_built_config``, ``_fresh_state``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import ray
+
+log = logging.getLogger(__name__)
+
+TESTED_RAY = "2.60"  # the minor release pyproject.toml pins and CI tests
+
+
+def check_version() -> None:
+    """Warn once if Ray is not the release these functions were tested with."""
+    if not ray.__version__.startswith(TESTED_RAY + "."):
+        log.warning("pbtflow: tested with Ray %s.x, but Ray %s is installed; pbtflow uses some of "
+                    "Ray's private state (see pbtflow/ray_internals.py).", TESTED_RAY, ray.__version__)
+
+
+def pbt_trial_states(scheduler: Any) -> dict[Any, Any]:
+    """PBT's per-trial state (last result, last score, last checkpoint), by trial."""
+    return getattr(scheduler, "_trial_state", None) or {}
+
+
+def checkpoint_results(trial: Any) -> list[Any]:
+    """A trial's registered checkpoints, oldest first (Tune's checkpoint manager)."""
+    return trial.run_metadata.checkpoint_manager._checkpoint_results
+
+
+def set_checkpoint_results(trial: Any, results: Iterable[Any]) -> None:
+    """Forget checkpoints the retention deleted, so that Tune never restores one."""
+    trial.run_metadata.checkpoint_manager._checkpoint_results = list(results)
+
+
+def live_trials(generator: Any) -> set[Any]:
+    """The trials a ``BasicVariantGenerator`` still waits for."""
+    return generator._live_trials
+
+
+def run_config(tuner: Any) -> Any:
+    """The ``RunConfig`` a (possibly restored) ``Tuner`` runs with, its
+    callbacks and stopper included."""
+    return tuner._local_tuner.get_run_config()
+
+
+def trial_statuses(results: Any) -> dict[str, str]:
+    """Trial id -> Tune's status (TERMINATED, ERROR, PAUSED, ...) after ``fit``."""
+    return {t.trial_id: t.status for t in results._experiment_analysis.trials}
+
+
+def learner_connectors(learner: Any) -> list[Any]:
+    """The pieces of an RLlib learner's connector pipeline."""
+    return learner._learner_connector.connectors
