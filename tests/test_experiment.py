@@ -1,5 +1,6 @@
 """The experiment model: defaults, presets, and every accepted and rejected boundary."""
 
+import os
 import pytest
 
 from pbtflow.experiment import Experiment, ExperimentError, from_sources, load_yaml
@@ -180,3 +181,16 @@ def test_a_resume_state_survives_settings_added_or_removed(tmp_path):
     state = _load_resume_state(str(tmp_path))
     assert state["experiment"].population == 3 and state["experiment"].stop_iters == 7
     assert state["experiment"].perturbation_interval == Experiment(population=3).perturbation_interval
+
+
+def test_what_this_machine_decided_is_not_replayed_elsewhere():
+    """CPUs per member derived from this machine's cores stay out of the
+    portable settings (experiment.yaml, which replay re-runs); a value the
+    user gave stays in."""
+    derived = Experiment(trainable="ppo", population=4)
+    assert derived.cpus_per_trial_process == max(0.25, min(1.0, (os.cpu_count() or 1) / 4))
+    assert derived.to_dict()["cpus_per_trial_process"] == derived.cpus_per_trial_process
+    assert derived.to_dict(portable=True)["cpus_per_trial_process"] is None
+    assert Experiment(**derived.to_dict(portable=True)) == derived  # re-derived the same here
+    given = Experiment(trainable="ppo", population=4, cpus_per_trial_process=0.5)
+    assert given.to_dict(portable=True)["cpus_per_trial_process"] == 0.5

@@ -182,7 +182,9 @@ class Experiment:
             raise SettingError(
                 f"mode: {self.trainable}'s metric {self.metric!r} is maximised, but got mode='min'; "
                 "drop --mode, or pass --metric with a metric your trainable minimises.")
+        self._from_this_machine: set[str] = set()  # filled from this machine, not by the user
         if self.cpus_per_trial_process is None:
+            self._from_this_machine.add("cpus_per_trial_process")
             # PPO on a laptop shares this machine's cores so that the whole
             # population trains at once. Any other trainable takes one CPU, as
             # in Tune: members take turns on a live worker (actor reuse), and
@@ -300,8 +302,11 @@ class Experiment:
             return self.cpus_per_trial_process + self.num_env_runners * self.cpus_per_env_runner
         return self.cpus_per_trial_process
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def to_dict(self, portable: bool = False) -> dict[str, Any]:
+        """Every setting; ``portable``: without the values derived from this
+        machine (its core count), so that another machine derives its own."""
+        drop = getattr(self, "_from_this_machine", set()) if portable else set()
+        return {f.name: None if f.name in drop else getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def applicable_settings(self) -> dict[str, Any]:
         """The settings that describe this experiment: set, and meaningful for

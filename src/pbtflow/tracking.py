@@ -535,7 +535,7 @@ class ParentRun:
         settings.update(extra_params)
         self.client.log_batch(self.run_id, params=_params(settings),
                               tags=[RunTag(names.ROLE, "parent")])
-        safe = scrub(experiment.to_dict())
+        safe = scrub(experiment.to_dict(portable=True))  # what replay re-runs, on any machine
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / names.EXPERIMENT_FILE
             path.write_text(yaml.safe_dump(json.loads(json.dumps(safe, default=repr)), sort_keys=False))
