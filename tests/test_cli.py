@@ -80,9 +80,11 @@ def test_mutation_of_a_wrong_type_in_yaml(tmp_path):
 
 
 def test_a_metric_never_reported_stops_the_run_with_one_sentence(tmp_path):
-    proc = run_entry("--smoke", "--metric", "episode_reward_mean", cwd=tmp_path, timeout=300)
+    proc = run_entry("--smoke", "--metric", "episode_reward_mean", "--verbose", cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "metric: the trainable never reports 'episode_reward_mean'" in proc.stderr
+    # --verbose forwards what the members print (quiet by default: test_pipeline)
+    assert any(WORKER_LINE.match(line) for line in proc.stderr.splitlines()), proc.stderr[-2000:]
     # The driver's own output holds no traceback. A PPO actor that Ray stops
     # with SIGTERM while Python runs a finaliser may print one of its own
     # (Ray's worker raises SystemExit there): that is the worker's, not the run's.

@@ -3,6 +3,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,11 @@ def test_entry_point_smoke(tmp_path):
     proc = run_entry("--smoke", "--experiment-name", "entry", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pbtflow: 2 trials, 0 errored" in proc.stdout
+    # The console holds pbtflow's own lines only: no Ray, RLlib, MLflow or
+    # worker messages (--verbose shows them, see test_cli).
+    own = re.compile(r"^(pbtflow[: ]|\[pbtflow\] |\[pbt\] |pictures: |best trial )")
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not own.match(line)]
+    assert not noise, "\n".join(noise[:20])
     parents, children = runs_by_role(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "entry")
     assert len(parents) == 1 and len(children) == 2
     assert all(c.info.status == "FINISHED" for c in children)

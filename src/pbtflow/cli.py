@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       description="Run a PBT experiment; every trial is an MLflow "
                                       "child run under one parent run.")
     _add_experiment_flags(tune_parser)
+    tune_parser.add_argument("--verbose", action="store_true",
+                             help="show everything Ray, RLlib, gymnasium and MLflow print (by default "
+                             "only pbtflow's own lines, its warnings and errors)")
 
     report = commands.add_parser("report", help="leaderboard and best schedule of a tuned experiment")
     which = report.add_mutually_exclusive_group(required=True)
@@ -229,12 +233,27 @@ def _run_tune(args: argparse.Namespace) -> int:
     if rank is not None:  # one driver per cluster: the head's
         follow_the_head(rank)
         return 0
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
     experiment = from_sources(args.config, overrides)
-    results = tune(experiment)
+    if not args.verbose:
+        _quiet_console()
+    results = tune(experiment, worker_logs=args.verbose)
     print(f"pbtflow: {len(results)} trials, {results.num_errors} errored; results in "
           f"{results.experiment_path}")
     return 0
+
+
+def _quiet_console() -> None:
+    """Only pbtflow's own lines on the console (this process is the CLI's):
+    Ray's, RLlib's and MLflow's informational messages and warnings, and the
+    warnings Python raises inside them (deprecations, dtype casts), are left
+    out; their errors and pbtflow's own warnings stay. What the members print
+    is not forwarded (``tune(worker_logs=False)``); a member's error still
+    reaches the user through pbtflow's sentence and the trial's error file."""
+    for name in ("ray", "ray.rllib", "ray.tune", "ray.train", "ray.data", "mlflow", "gymnasium", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(ray|gymnasium|mlflow|torch|pydantic)(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -280,7 +280,7 @@ def _user_error(error_file: str | None) -> tuple[str, str]:
     return where, error
 
 
-def _init_ray() -> None:
+def _init_ray(worker_logs: bool = True) -> None:
     """Join the running cluster when there is one (``$RAY_ADDRESS``, or inside
     an Azure ML job, where Azure ML has started Ray on every node), else start
     a local Ray. On a cluster, wait for ``$PBTFLOW_RAY_NODES`` nodes (the job
@@ -288,14 +288,15 @@ def _init_ray() -> None:
     if ray.is_initialized():
         return
     if _joins_cluster():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", configure_logging=False)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", configure_logging=False,
+                 log_to_driver=worker_logs)
         _wait_for_nodes()
         total, alive = ray.cluster_resources(), [n for n in ray.nodes() if n.get("Alive")]
         log.info("pbtflow: joined the Ray cluster at %s: %d nodes, %g CPUs, %g GPUs",
                  ray.get_runtime_context().gcs_address, len(alive), total.get("CPU", 0),
                  total.get("GPU", 0))
     else:
-        ray.init(include_dashboard=False, configure_logging=False)
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=worker_logs)
 
 
 def _wait_for_nodes() -> None:
@@ -435,21 +436,25 @@ def _load_resume_state(path: str) -> dict[str, Any]:
     return state
 
 
-def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None) -> ResultGrid:
+def tune(experiment: Experiment, *, replay: Mapping[str, Any] | None = None,
+         worker_logs: bool = True) -> ResultGrid:
     """Run PBT for ``experiment`` and return Ray Tune's results. Every trial is
     an MLflow child run under one parent run. With ``experiment.resume`` set,
     continue an interrupted experiment into the same runs. A seed seeds
     Python's and NumPy's global generators (Ray's PBT draws from them) for the
-    run only: the caller's generator states are restored after."""
+    run only: the caller's generator states are restored after.
+    ``worker_logs``: Ray forwards what the members print (when this call
+    starts Ray)."""
     states = random.getstate(), np.random.get_state()
     try:
-        return _tune(experiment, replay)
+        with _tune_environment():
+            return _tune(experiment, replay, worker_logs)
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
 
 
-def _tune(experiment: Experiment, replay: Mapping[str, Any] | None) -> ResultGrid:
+def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs: bool) -> ResultGrid:
     resume = _load_resume_state(experiment.resume) if experiment.resume else None
     if resume is not None:  # the interrupted experiment, with a stall timeout given now
         experiment = resume["experiment"].replace(
@@ -485,7 +490,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None) -> ResultGri
         _check_resources(experiment)
     elif not _joins_cluster():  # Ray would start on this machine
         _check_resources(experiment, {"CPU": os.cpu_count() or 1, "GPU": float("inf")})
-    _init_ray()
+    _init_ray(worker_logs)
     ray_internals.check_version()
     _check_resources(experiment)
     # The parent run is named as Ray's experiment folder: one name for both.
@@ -521,7 +526,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None) -> ResultGri
         previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         interrupt = _InterruptWatch()
         try:
-            with _tune_environment(), interrupt:
+            with interrupt:
                 results = tuner.fit()
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -649,15 +654,17 @@ class _InterruptWatch(logging.Handler):
         self._logger.removeHandler(self)
 
 
-# Tune's settings by environment variable, set while Tuner.fit runs and restored
+# Settings by environment variable, set while pbtflow.tune runs and restored
 # after: Tune's result loggers without JSON and TensorBoard (the JSON logger
 # copies a trial's result.json back from storage whenever the trial restarts,
 # after every PBT pause, truncating the rows not yet synced, and both cost
 # time; progress.csv keeps every row and is what Result.metrics_dataframe
-# reads), and no strict metric check (PopulationStopper reports a missing
-# metric in one sentence; Tune's check would raise first with the whole result
-# dumped).
-TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+# reads); no strict metric check (PopulationStopper reports a missing metric in
+# one sentence; Tune's check would raise first with the whole result dumped);
+# Tune's console output off (pbtflow prints its own progress); no MLflow
+# progress bars for the record check's downloads.
+TUNE_ENVIRONMENT = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+                    "RAY_AIR_NEW_OUTPUT": "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 @contextlib.contextmanager
