@@ -154,6 +154,9 @@ def test_tracking_server_away_mid_run_gets_the_metrics_when_back(tmp_path):
         assert proc.returncode == 0, err[-3000:]
         assert "could not write to MLflow" in err
         _assert_complete(uri, 40)
+        parent = runs_by_role(MlflowClient(uri), "away")[0][0]
+        assert (f"MLflow parent run {parent.info.run_id}: {uri}/#/experiments/"
+                f"{parent.info.experiment_id}/runs/{parent.info.run_id}") in err
     finally:
         stop_mlflow_server(server)
 

@@ -145,12 +145,14 @@ def test_entry_point_smoke(tmp_path):
     assert "pbtflow: 2 trials, 0 errored" in proc.stdout
     # The console holds pbtflow's own lines only: no Ray, RLlib, MLflow or
     # worker messages (--verbose shows them, see test_cli).
-    own = re.compile(r"^(pbtflow[: ]|\[pbtflow\] |\[pbt\] |pictures: |best trial )")
+    own = re.compile(r"^(pbtflow[: ]|\[pbtflow\] |\[pbt\] |pictures: |best trial |MLflow parent run )")
     noise = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not own.match(line)]
     assert not noise, "\n".join(noise[:20])
     parents, children = runs_by_role(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "entry")
     assert len(parents) == 1 and len(children) == 2
     assert all(c.info.status == "FINISHED" for c in children)
+    assert (f"MLflow parent run {parents[0].info.run_id}: open the UI with: mlflow ui "
+            f"--backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}") in proc.stderr
 
 
 def test_replay_retrains_on_the_best_schedule(smoke_run):

@@ -530,6 +530,16 @@ class ParentRun:
             log.warning("pbtflow: could not end the parent run in MLflow (%s); upload it later "
                         "with: pbtflow sync %s", exc, self.spill_path)
 
+    def where(self) -> str:
+        """Where a person finds the run: its URL on a tracking server, else the
+        command that opens the MLflow UI on the store."""
+        uri = self.client.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            return f"{uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        if uri.startswith("azureml:"):
+            return "in Azure ML studio, under the job's experiment"
+        return f"open the UI with: mlflow ui --backend-store-uri {uri}"
+
     def log_experiment(self, experiment: Experiment, extra_params: Mapping[str, Any]) -> None:
         settings = experiment.applicable_settings()
         settings.update(extra_params)

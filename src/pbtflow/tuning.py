@@ -560,6 +560,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
         if replay is None:
             _check_record(parent, experiment_path)
         log.info("best trial %s: %s = %s", best_trial or "-", metric, value)
+        log.info("MLflow parent run %s: %s", parent.run_id, parent.where())
     return results
 
 
