@@ -20,7 +20,7 @@ import yaml
 
 from pbtflow import azureml
 from pbtflow.azureml import plan_cluster
-from pbtflow.cli import build_parser, main
+from pbtflow.cli import build_parser, main, tune_overrides
 from pbtflow.experiment import ExperimentError, from_sources
 from conftest import REPO, run_entry
 
@@ -93,7 +93,7 @@ def _experiment_of_job(raw: dict):
     flags = [a for a in args if a.startswith("--")]
     assert flags and set(flags) <= azureml.tune_flags()
     parsed = build_parser().parse_args(["tune", *args])  # exits on an unknown flag
-    overrides = {k: v for k, v in vars(parsed).items() if k not in ("command", "config")}
+    overrides = tune_overrides(parsed)
     return from_sources(None, overrides)
 
 

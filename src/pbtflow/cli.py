@@ -233,14 +233,18 @@ def _run_tune(args: argparse.Namespace) -> int:
     if rank is not None:  # one driver per cluster: the head's
         follow_the_head(rank)
         return 0
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
-    experiment = from_sources(args.config, overrides)
+    experiment = from_sources(args.config, tune_overrides(args))
     if not args.verbose:
         _quiet_console()
     results = tune(experiment, worker_logs=args.verbose)
     print(f"pbtflow: {len(results)} trials, {results.num_errors} errored; results in "
           f"{results.experiment_path}")
     return 0
+
+
+def tune_overrides(args: argparse.Namespace) -> dict:
+    """The experiment settings among `pbtflow tune`'s parsed flags."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
 
 
 def _quiet_console() -> None:
