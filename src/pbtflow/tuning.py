@@ -648,11 +648,19 @@ class _InterruptWatch(logging.Handler):
             self.seen = True
 
     def __enter__(self) -> "_InterruptWatch":
+        # It must see Tune's warning even when the console is quiet (Ray's
+        # loggers at ERROR); pbtflow says "interrupted" itself, so the
+        # warning is not passed on.
+        self._saved = self._logger.level, self._logger.propagate
+        self._logger.setLevel(logging.WARNING)
+        self._logger.propagate = False
         self._logger.addHandler(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
 
 
 # Settings by environment variable, set while pbtflow.tune runs and restored
