@@ -90,3 +90,21 @@ def test_a_metric_never_reported_stops_the_run_with_one_sentence(tmp_path):
     # (Ray's worker raises SystemExit there): that is the worker's, not the run's.
     driver = [line for line in proc.stderr.splitlines() if not WORKER_LINE.match(line)]
     assert not [line for line in driver if "Traceback" in line], "\n".join(driver[-40:])
+
+
+def test_quiet_console_restores_what_it_silenced():
+    import logging
+    import warnings
+
+    from pbtflow.cli import QUIET_LOGGERS, _quiet_console
+
+    logging.getLogger("ray.tune").setLevel(logging.INFO)
+    before = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    filters = list(warnings.filters)
+    with _quiet_console():
+        assert logging.getLogger("ray.tune").level == logging.ERROR
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn("inside", DeprecationWarning)
+        assert caught == []
+    assert {name: logging.getLogger(name).level for name in QUIET_LOGGERS} == before
+    assert warnings.filters == filters

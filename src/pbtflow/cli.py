@@ -5,6 +5,7 @@ declared once); ``src/tune_ppo.py`` is ``pbtflow tune``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -234,9 +235,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         follow_the_head(rank)
         return 0
     experiment = from_sources(args.config, tune_overrides(args))
-    if not args.verbose:
-        _quiet_console()
-    results = tune(experiment, worker_logs=args.verbose)
+    with contextlib.nullcontext() if args.verbose else _quiet_console():
+        results = tune(experiment, worker_logs=args.verbose)
     print(f"pbtflow: {len(results)} trials, {results.num_errors} errored; results in "
           f"{results.experiment_path}")
     return 0
@@ -247,17 +247,29 @@ def tune_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
 
 
-def _quiet_console() -> None:
-    """Only pbtflow's own lines on the console (this process is the CLI's):
-    Ray's, RLlib's and MLflow's informational messages and warnings, and the
-    warnings Python raises inside them (deprecations, dtype casts), are left
-    out; their errors and pbtflow's own warnings stay. What the members print
-    is not forwarded (``tune(worker_logs=False)``); a member's error still
-    reaches the user through pbtflow's sentence and the trial's error file."""
-    for name in ("ray", "ray.rllib", "ray.tune", "ray.train", "ray.data", "mlflow", "gymnasium", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"(ray|gymnasium|mlflow|torch|pydantic)(\.|$)")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+QUIET_LOGGERS = ("ray", "ray.rllib", "ray.tune", "ray.train", "ray.data", "mlflow", "gymnasium", "alembic")
+
+
+@contextlib.contextmanager
+def _quiet_console():
+    """Only pbtflow's own lines on the console while tuning: Ray's, RLlib's
+    and MLflow's informational messages and warnings, and the warnings Python
+    raises inside them (deprecations, dtype casts), are left out; their errors
+    and pbtflow's own warnings stay. What the members print is not forwarded
+    (``tune(worker_logs=False)``); a member's error still reaches the user
+    through pbtflow's sentence and the trial's error file. The loggers' levels
+    and the warning filters are restored afterwards."""
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    with warnings.catch_warnings():
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"(ray|gymnasium|mlflow|torch|pydantic)(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 
 SPILL_FILE = "mlflow_undelivered.json"  # beside Tune's state, for `pbtflow sync`
 BATCH_LIMIT = 250  # metric rows per log_batch call (Azure ML's MLflow cap)
+
+
+def batches(rows: list) -> Iterator[list]:
+    """``rows`` in slices MLflow accepts in one ``log_batch`` call."""
+    return (rows[start:start + BATCH_LIMIT] for start in range(0, len(rows), BATCH_LIMIT))
 MAX_FLUSH_WAIT = 30.0  # seconds between flushes of metric rows, at most
 
 
@@ -71,12 +76,14 @@ class Writer:
             failure = None
             for run_id, rows in pending.items():
                 sent = 0
-                while failure is None and sent < len(rows) and not run_id.startswith("unborn:"):
-                    try:
-                        self._client.log_batch(run_id, metrics=rows[sent:sent + BATCH_LIMIT])
-                        sent += BATCH_LIMIT
-                    except Exception as exc:  # the server is away: keep the rows for later
-                        failure = exc
+                if failure is None and not run_id.startswith("unborn:"):
+                    for batch in batches(rows):
+                        try:
+                            self._client.log_batch(run_id, metrics=batch)
+                            sent += len(batch)
+                        except Exception as exc:  # the server is away: keep the rows for later
+                            failure = exc
+                            break
                 if sent < len(rows):
                     with self._lock:
                         self._pending.setdefault(run_id, [])[:0] = rows[sent:]

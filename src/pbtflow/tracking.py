@@ -31,7 +31,7 @@ from ray.tune.utils import flatten_dict
 
 from pbtflow import names
 from pbtflow.experiment import Experiment, ExperimentError, SettingError, TrackingError
-from pbtflow.delivery import BATCH_LIMIT, Writer, send, send_or_spill, spill
+from pbtflow.delivery import Writer, batches, send, send_or_spill, spill
 from pbtflow.pbt import get_path
 from pbtflow.credentials import REDACTED, is_secret, redact, scrub, secret_values
 
@@ -110,8 +110,8 @@ def sync(path: str | Path) -> tuple[int, int]:
     count = 0
     for run_id, items in data["rows"].items():
         metrics = [Metric(k, v, t, st) for k, v, t, st in items]
-        for start in range(0, len(metrics), BATCH_LIMIT):
-            client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])
+        for batch in batches(metrics):
+            client.log_batch(run_id, metrics=batch)
         count += len(metrics)
     for delivery in data.get("deliveries", []):
         send(client, delivery)
