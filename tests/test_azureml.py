@@ -335,7 +335,7 @@ def test_size_json_prints_one_object(capsys):
     (["render", "--population", "4", "--cpus-per-node", "8", "--env", "CartPole-v9"],
      "env: 'CartPole-v9' is not a registered gymnasium environment id"),
     (["render", "--population", "4", "--cpus-per-node", "8", "--trainable", "quadratic",
-      "--num-env-runners", "2"], "num_env_runners: only PPO has env runners"),
+      "--num-env-runners", "2"], "num_env_runners: only RLlib trainables have env runners"),
     (["submit", "no/such/job.yml", "--subscription", "s", "--resource-group", "g",
       "--workspace", "w"], "job: no such file 'no/such/job.yml'"),
 ])

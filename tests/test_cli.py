@@ -63,12 +63,24 @@ def test_help_lists_every_setting(tmp_path):
     (["--population", "1"], "population: PBT needs at least 2 members"),
     (["--trainable", "nosuchpackage.module:function"], "trainable"),
     (["--num-env-runners", "64"], "num_env_runners: one trial needs"),
+    (["--trainable", "sac", "--env", "CartPole-v1"], "env: 'CartPole-v1' has discrete actions, but SAC"),
+    (["--trainable", "dqn", "--env", "Pendulum-v1"], "env: 'Pendulum-v1' has continuous actions, but DQN"),
+    (["--trainable", "appo"], "mutations: pbtflow has no search space for 'appo'"),
 ])
 def test_more_bad_inputs_fail_before_ray(tmp_path, args, words):
     proc = run_entry(*args, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_key_rllib_does_not_know_fails_with_the_closest_one(tmp_path):
+    (tmp_path / "exp.yaml").write_text("trainable: sac\ninitial:\n  actor_learning_rate: 0.001\n")
+    proc = run_entry("--config", "exp.yaml", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "initial.actor_learning_rate: RLlib's SACConfig has no setting" in proc.stderr
+    assert "did you mean 'actor_lr'?" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -5,7 +5,7 @@ built from scratch, the donor's own weights and filter, the optimizer)."""
 import numpy as np
 import pytest
 
-from pbtflow.trainables.ppo import mean_std_filter
+from pbtflow.trainables.rllib import mean_std_filter
 from pbtflow.trainables.ppo_algorithm import PBTPPO, EffectiveValues
 
 

@@ -15,7 +15,8 @@ from ray.tune.search.sample import Domain
 from pbtflow.experiment import Experiment, ExperimentError
 from pbtflow.pbt import bounds_of, check_mutations, flatten_keys, make_explore
 from pbtflow.trainables import build
-from pbtflow.trainables.ppo import PRESETS, mean_std_filter, repair
+from pbtflow.trainables.ppo import PRESETS, repair
+from pbtflow.trainables.rllib import mean_std_filter
 
 ENVS = {"CartPole-v1": "discrete", "Acrobot-v1": "discrete", "LunarLander-v3": "discrete",
         "Pendulum-v1": "continuous", "MountainCarContinuous-v0": "continuous"}
@@ -134,7 +135,7 @@ def test_every_mutation_stays_valid_after_the_repair(preset):
 def test_an_iteration_that_ends_no_episode_repeats_the_last_return():
     """RLlib's stream for 20 vectorised Pendulum envs: episodes end together
     every fourth iteration, NaN in between."""
-    from pbtflow.trainables.ppo_algorithm import _episode_stats
+    from pbtflow.trainables.rllib_algorithm import episode_stats
 
     class Callback:
         pass
@@ -146,12 +147,12 @@ def test_an_iteration_that_ends_no_episode_repeats_the_last_return():
     seen = []
     for runners in stream:
         result = {"env_runners": dict(runners)}
-        _episode_stats(callback, result)
+        episode_stats(callback, result)
         seen.append((result["env_runners"].get("episode_return_mean"),
                      result["env_runners"].get("episode_return_max")))
     assert seen == [(None, None), (-1203.0, -900.0), (-1203.0, -900.0), (-1135.0, -800.0)]
     fresh = {"env_runners": {"episode_return_mean": nan, "num_episodes": 0}}
-    _episode_stats(Callback(), fresh)  # a member just restored: nothing to repeat
+    episode_stats(Callback(), fresh)  # a member just restored: nothing to repeat
     assert "episode_return_mean" not in fresh["env_runners"]
 
 

@@ -16,7 +16,8 @@ from ray.tune.utils import flatten_dict
 import pbtflow
 from pbtflow import names, record_check
 from pbtflow.cli import main
-from pbtflow.trainables.ppo import CONTINUOUS, no_episode_finished
+from pbtflow.trainables.ppo import CONTINUOUS
+from pbtflow.trainables.rllib import no_episode_finished
 from pbtflow.tuning import PopulationStopper, _Progress
 from mlflow_checks import assert_record_is_true, runs_by_role
 

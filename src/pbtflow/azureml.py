@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping, NoReturn, Sequence
 import yaml
 
 from pbtflow.experiment import AzureMLError, Experiment, SettingError, field_names
+from pbtflow.trainables import defaults_for, rllib_name
 
 MODES = ("parallel", "round-robin")
 # The job sets this to its instance_count; the driver waits until that many
@@ -282,8 +283,8 @@ class JobOptions:
     ``pbtflow tune`` settings (field name -> value), each becoming an input."""
 
     trainable: str = "ppo"
-    env: str = "CartPole-v1"
-    preset: str = "cluster"
+    env: str | None = None  # default: the trainable's (CartPole-v1; sac: Pendulum-v1)
+    preset: str | None = None  # default: PPO's cluster preset; the others pick by the env
     settings: Mapping[str, Any] | None = None
     compute: str | None = None  # default: cpu-cluster, or gpu-cluster when trials use GPUs
     environment: str | None = None  # default: the CPU or GPU environment, likewise
@@ -296,18 +297,19 @@ def _tune_settings(plan: SizingPlan, options: JobOptions) -> dict[str, Any]:
     """The settings the job passes to ``pbtflow tune`` (inputs, in order), checked
     by building the Experiment the job will build."""
     settings: dict[str, Any] = {"trainable": options.trainable}
-    if options.trainable == "ppo":  # the env and the search-space preset are PPO's
-        settings["env"] = options.env
-        settings["preset"] = options.preset
+    rllib = rllib_name(options.trainable) is not None
+    if rllib:  # the env and the search-space preset are RLlib's
+        settings["env"] = options.env or defaults_for(options.trainable)["env"]
+        settings["preset"] = options.preset or ("cluster" if options.trainable == "ppo" else "auto")
     settings["population"] = plan.population
     settings["cpus_per_trial_process"] = plan.cpus_per_trial_process
-    if options.trainable == "ppo":
+    if rllib:
         settings["num_env_runners"] = plan.num_env_runners
         settings["cpus_per_env_runner"] = plan.cpus_per_env_runner
     elif plan.num_env_runners:
-        _fail("num_env_runners", f"only PPO has env runners, but got {plan.num_env_runners} with "
-              f"trainable {options.trainable!r}; drop --num-env-runners")
-    if options.trainable == "ppo" or plan.gpus_per_trial:
+        _fail("num_env_runners", f"only RLlib trainables have env runners, but got {plan.num_env_runners} "
+              f"with trainable {options.trainable!r}; drop --num-env-runners")
+    if rllib or plan.gpus_per_trial:
         settings["gpus_per_trial"] = plan.gpus_per_trial
     extra = dict(options.settings or {})
     valid = field_names()

@@ -116,8 +116,10 @@ def _add_aml_commands(commands) -> None:
     render = verbs.add_parser("render", help="write an Azure ML command job spec sized by the plan")
     sizing(render)
     render.add_argument("--trainable", default="ppo", help="what the job tunes (default: ppo)")
-    render.add_argument("--env", default="CartPole-v1", help="gymnasium env id, PPO only")
-    render.add_argument("--preset", default="cluster", help="search-space preset (default: cluster)")
+    render.add_argument("--env", help="gymnasium env id, RLlib trainables only (default: the "
+                        "trainable's: CartPole-v1, sac: Pendulum-v1)")
+    render.add_argument("--preset", default=None,
+                        help="search-space preset (default: cluster for ppo, else by the env's actions)")
     render.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another `pbtflow tune` setting, passed as an input (repeatable)")
     render.add_argument("--compute", help="compute cluster name (default: cpu-cluster, or "

@@ -55,11 +55,15 @@ class Experiment:
     """What to tune and how. Field names are also the YAML keys, the CLI flags
     (``--stop-iters``) and the Azure ML job inputs."""
 
-    trainable: str = _opt("ppo", "What to tune: 'ppo' (RLlib PPO), 'lr-schedule', 'quadratic', "
-                          "or your own trainable: a function as 'package.module:function' or a "
-                          "tune.Trainable subclass as 'package.module:Class'.",
+    trainable: str = _opt("ppo", "What to tune: 'ppo', 'sac' or 'dqn' (RLlib, with presets), "
+                          "another online RLlib algorithm by name ('appo', 'impala', "
+                          "'dreamerv3'; its initial: and mutations: from YAML), the toys "
+                          "'lr-schedule' and 'quadratic', or your own trainable: a function as "
+                          "'package.module:function' or a tune.Trainable subclass as "
+                          "'package.module:Class'.",
         invalid=("not a path", "no_such_module:train"))
-    env: str = _opt("CartPole-v1", "Registered gymnasium environment id (PPO only).", only="ppo",
+    env: str | None = _opt(None, "Registered gymnasium environment id (RLlib trainables only).",
+                           only="rllib", shown_default="CartPole-v1; sac: Pendulum-v1",
         invalid=("CartPole-v9",))
     population: int | None = _opt(None, "Number of PBT members (trials) trained together.",
         invalid=("1",))
@@ -101,27 +105,28 @@ class Experiment:
                                "bounds, returns it changed (mutated keys only), and runs before the "
                                "trainable's own repair.", shown_default="none",
         invalid=("not a path", "no_such_module:explore"))
-    preset: str = _opt("auto", "PPO's search-space preset: 'discrete' or 'continuous' (sized for "
-                       "2 CPU cores; the first members start from known-good settings: RLlib's "
-                       "tuned CartPole and rl-zoo's LunarLander, or RLlib's tuned Pendulum), "
-                       "'cluster' (the search space of Ray's pbt_ppo_example, large batches), "
-                       "or 'auto': discrete or continuous by the environment's action space.",
-                       only="ppo", invalid=("tiny", "laptop"))
+    preset: str = _opt("auto", "The RLlib trainable's search-space preset: 'discrete' or "
+                       "'continuous' (sized for 2 CPU cores; the first members start from "
+                       "known-good settings: for PPO RLlib's tuned CartPole and rl-zoo's "
+                       "LunarLander, or RLlib's tuned Pendulum), PPO's 'cluster' (the search "
+                       "space of Ray's pbt_ppo_example, large batches), or 'auto': by the "
+                       "environment's action space (SAC has continuous only, DQN discrete only).",
+                       only="rllib", invalid=("tiny", "laptop"))
     cpus_per_trial_process: float | None = _opt(None, "CPUs reserved for a trial's own process "
                                                 "(PPO: learner + local sampling); default: 1, and for PPO "
                                                 "this machine's cores / population (at most 1) so the "
                                                 "whole population trains at once (1 on the cluster preset).",
         invalid=("0",))
     num_env_runners: int = _opt(0, "RLlib env runners per trial (0 samples in the trial's own "
-                                "process).", only="ppo",
+                                "process).", only="rllib",
         invalid=("-1", "64"))
-    cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.", only="ppo",
+    cpus_per_env_runner: float = _opt(1, "CPUs per RLlib env runner.", only="rllib",
         invalid=("0",))
     num_envs_per_env_runner: int | None = _opt(None, "Vectorised envs each env runner (or the "
                                                "trial's own process) steps at once; default: the "
                                                "preset's (discrete 8, continuous 20, cluster 1).",
-                                               only="ppo", invalid=("0",))
-    gpus_per_trial: float = _opt(0, "GPUs per trial (for the RLlib learner).", only="ppo",
+                                               only="rllib", invalid=("0",))
+    gpus_per_trial: float = _opt(0, "GPUs per trial (for the RLlib learner).", only="rllib",
         invalid=("-1",))
     checkpoint_interval: int | None = _opt(None, "Checkpoint every this many iterations; must divide "
                                            "the perturbation interval (default: equal to it).",
@@ -168,11 +173,13 @@ class Experiment:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
         # Settings left unset take the trainable's preset (trainables.DEFAULTS).
-        from pbtflow.trainables import DEFAULTS
+        from pbtflow.trainables import defaults_for, rllib_name
 
+        if rllib_name(self.trainable):  # RLlib's names in any case: 'PPO' is 'ppo'
+            self.trainable = self.trainable.lower()
         # --smoke shrinks only what the user left unset, then the preset fills
         # the rest: a value the user gave always wins.
-        preset = DEFAULTS.get(self.trainable, DEFAULTS["custom"])
+        preset = defaults_for(self.trainable)
         shrunk = {"population": 2, "stop_iters": min(preset["stop_iters"], 6),
                   "perturbation_interval": 2} if self.smoke else {}
         for key, value in {**preset, **shrunk}.items():
@@ -192,7 +199,7 @@ class Experiment:
             # done in 23-27 s against 47-68 s with a quarter CPU each
             # (benchmarks/bench_expert.py).
             cores = os.cpu_count() or 1
-            shared = self.trainable == "ppo" and self.preset != "cluster"
+            shared = self.is_rllib and self.preset != "cluster"
             self.cpus_per_trial_process = (max(0.25, min(1.0, cores / max(1, self.population)))
                                            if shared else 1.0)
         self._validate()
@@ -272,10 +279,9 @@ class Experiment:
                    f"must be one of {', '.join(trainable_names())} or 'package.module:function' "
                    "(or 'package.module:Class'), "
                    f"but got trainable={self.trainable!r}")
-        if self.trainable == "ppo":
+        if self.is_rllib:
             _check_env(self.env)
-            if self.preset == "auto":
-                self.preset = _preset_for(self.env)
+            _check_preset(self)
         for key in ("initial", "mutations"):
             value = getattr(self, key)
             _check(value is None or isinstance(value, Mapping), key,
@@ -298,7 +304,7 @@ class Experiment:
     @property
     def cpus_per_trial(self) -> float:
         """CPUs one trial needs: the trainable's own process plus its env runners."""
-        if self.trainable == "ppo":
+        if self.is_rllib:
             return self.cpus_per_trial_process + self.num_env_runners * self.cpus_per_env_runner
         return self.cpus_per_trial_process
 
@@ -314,16 +320,24 @@ class Experiment:
         (initial, mutations) is recorded per trial instead."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) is not None and f.name not in ("initial", "mutations")
-                and f.metadata.get("only") in (None, self.trainable)}
+                and f.metadata.get("only") in (None, "rllib" if self.is_rllib else self.trainable)}
+
+    @property
+    def is_rllib(self) -> bool:
+        """Whether the trainable is an RLlib algorithm (env, env runners, presets apply)."""
+        from pbtflow.trainables import rllib_name
+
+        return rllib_name(self.trainable) is not None
 
     def replace(self, **changes: Any) -> "Experiment":
         return dataclasses.replace(self, **changes)
 
 
 def trainable_names() -> tuple[str, ...]:
-    from pbtflow.trainables import BUILTIN
+    """The trainables pbtflow knows by name: its built-in ones and RLlib's."""
+    from pbtflow.trainables import BUILTIN, RLLIB_ALGORITHMS
 
-    return tuple(BUILTIN)
+    return tuple(BUILTIN) + tuple(n.lower() for n in RLLIB_ALGORITHMS if n.lower() not in BUILTIN)
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -331,8 +345,34 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise SettingError(f"{key}: {message}.")
 
 
+def _check_preset(experiment: Experiment) -> None:
+    """An RLlib trainable with presets takes the one for its environment's
+    action space ('auto'), or the one the user names if it has it."""
+    from pbtflow.trainables import RLLIB_PRESETS
+
+    kinds = RLLIB_PRESETS.get(experiment.trainable)
+    if kinds is None:  # another RLlib algorithm: the user's search space
+        _check(experiment.preset == "auto", "preset",
+               f"{experiment.trainable} has no pbtflow presets, but got preset={experiment.preset!r}; "
+               "drop --preset and give mutations: in YAML")
+        return
+    name = experiment.trainable.upper()
+    if experiment.preset != "auto":
+        _check(experiment.preset in kinds, "preset",
+               f"{name}'s presets are {', '.join(kinds)}, but got preset={experiment.preset!r}")
+        return
+    kind = _preset_for(experiment.env)
+    if kind not in kinds:
+        other = "dqn or ppo" if kind == "discrete" else "sac or ppo"
+        raise SettingError(
+            f"env: {experiment.env!r} has {kind} actions, but {name} here covers "
+            f"{' and '.join(kinds)} ones; use --trainable {other}, or an environment with "
+            f"{' and '.join(kinds)} actions.")
+    experiment.preset = kind
+
+
 def _preset_for(env_id: str) -> str:
-    """PPO's preset for an environment: 'discrete' or 'continuous' by its
+    """The preset for an environment: 'discrete' or 'continuous' by its
     action space (gymnasium builds the env once to read it)."""
     import gymnasium
 

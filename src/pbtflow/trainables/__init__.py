@@ -1,6 +1,8 @@
 """What can be tuned. Each built-in trainable is a module with a ``build``
-function that turns an experiment into a :class:`TrainableSpec`; a user's own
-function trainable is loaded from "package.module:function"."""
+function that turns an experiment into a :class:`TrainableSpec`: RLlib's PPO,
+SAC and DQN with their presets, any other online RLlib algorithm by its
+registry name with the user's search space, toys, and a user's own trainable
+loaded from "package.module:function" or "package.module:Class"."""
 
 from __future__ import annotations
 
@@ -13,9 +15,26 @@ from pbtflow import names
 # Built-in names -> modules, imported only when used (RLlib is heavy).
 BUILTIN = {
     "ppo": "pbtflow.trainables.ppo",
+    "sac": "pbtflow.trainables.sac",
+    "dqn": "pbtflow.trainables.dqn",
     "lr-schedule": "pbtflow.trainables.lr_schedule",
     "quadratic": "pbtflow.trainables.quadratic",
 }
+
+# RLlib's online algorithms (its registry, without offline RL); those without a
+# module above take the user's search space (pbtflow.trainables.rllib).
+RLLIB_ALGORITHMS = ("APPO", "DQN", "DreamerV3", "IMPALA", "PPO", "SAC")
+
+# The search-space presets of each RLlib trainable with its own: the action
+# spaces they are made for ('auto' picks by the environment's).
+RLLIB_PRESETS = {"ppo": ("discrete", "continuous", "cluster"), "sac": ("continuous",),
+                 "dqn": ("discrete",)}
+
+
+def rllib_name(trainable: str) -> str | None:
+    """RLlib's registry name when ``trainable`` names an RLlib algorithm (in any case)."""
+    return {n.lower(): n for n in RLLIB_ALGORITHMS}.get(trainable.lower())
+
 
 # Experiment settings each trainable brings as its preset; a setting the user
 # leaves unset (None) takes the value here. "custom" is a user's own trainable.
@@ -25,7 +44,31 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # mostly noise (every 3 on Pendulum-v1 copied away the known-good member
     # at its 3rd iteration and took 409 s to -300; every 10: 104 s).
     "ppo": {
+        "env": "CartPole-v1",
         "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": 450.0,
+        "time_attr": "training_iteration", "perturbation_interval": 10,
+        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+    },
+    # An SAC iteration samples 1000 env steps (5 Pendulum episodes) with one
+    # update of the batch per step; RLlib's tuned Pendulum SAC reaches -250
+    # in about 20k steps.
+    "sac": {
+        "env": "Pendulum-v1",
+        "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 50, "stop_return": None,
+        "time_attr": "training_iteration", "perturbation_interval": 5,
+        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+    },
+    # A DQN iteration samples 1000 env steps (RLlib's default).
+    "dqn": {
+        "env": "CartPole-v1",
+        "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": 450.0,
+        "time_attr": "training_iteration", "perturbation_interval": 5,
+        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+    },
+    # Any other RLlib algorithm by name.
+    "rllib": {
+        "env": "CartPole-v1",
+        "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": None,
         "time_attr": "training_iteration", "perturbation_interval": 10,
         "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
     },
@@ -72,5 +115,11 @@ class TrainableSpec:
 def build(experiment) -> TrainableSpec:
     """The spec for ``experiment.trainable``; a "package.module:function" is
     imported and checked here, before Ray starts."""
-    name = BUILTIN.get(experiment.trainable, "pbtflow.trainables.function")
+    name = BUILTIN.get(experiment.trainable) or (
+        "pbtflow.trainables.rllib" if rllib_name(experiment.trainable) else "pbtflow.trainables.function")
     return importlib.import_module(name).build(experiment)
+
+
+def defaults_for(trainable: str) -> dict[str, Any]:
+    """The preset settings of a trainable (built-in, RLlib by name, or the user's)."""
+    return DEFAULTS.get(trainable) or DEFAULTS["rllib" if rllib_name(trainable) else "custom"]

@@ -12,8 +12,9 @@ from ray import tune
 from ray.tune.search.sample import Domain
 
 from pbtflow import names
-from pbtflow.pbt import check_initial_in_range, check_mutations
 from pbtflow.trainables import TrainableSpec
+from pbtflow.trainables.rllib import (ENV_RUNNER_METRICS, TIME_METRICS, check_keys, configure,
+                                      no_episode_finished, search_space)
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +144,9 @@ SMOKE_INITIAL = {
     "train_batch_size_per_learner": 256,
 }
 
-EPISODES_THIS_ITER = "env_runners/num_episodes"
-
 # A curated set: one PPO result has ~96 numeric keys and Azure ML's MLflow
 # caps metric names per run, so never log the whole result.
-LOGGED_METRICS = (
-    names.RETURN_MEAN,
-    "env_runners/episode_return_max",
-    "env_runners/episode_return_min",
-    "env_runners/episode_len_mean",
-    "env_runners/num_episodes",
-    "env_runners/num_env_steps_sampled_lifetime",
-    "env_runners/num_env_steps_sampled_lifetime_throughput",
+LOGGED_METRICS = ENV_RUNNER_METRICS + (
     "learners/default_policy/policy_loss",
     "learners/default_policy/vf_loss",
     "learners/default_policy/total_loss",
@@ -162,10 +154,7 @@ LOGGED_METRICS = (
     "learners/default_policy/entropy",
     "learners/default_policy/curr_kl_coeff",
     "learners/default_policy/default_optimizer_learning_rate",
-    "time_this_iter_s",
-    "time_total_s",
-    names.TRAINING_ITERATION,
-)
+) + TIME_METRICS
 
 
 def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> None:
@@ -186,55 +175,23 @@ def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> No
         config["train_batch_size_per_learner"] = batch
 
 
-def mean_std_filter(env, spaces, device):
-    """RLlib's running observation normaliser, as an env-to-module connector
-    (its statistics are part of the checkpoint, so an exploit copies them)."""
-    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
-
-    return MeanStdFilter()
-
-
 def build(experiment) -> TrainableSpec:
     from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
-
     from pbtflow.trainables.ppo_algorithm import IN_PLACE, PBTPPO, EffectiveValues, reusable
 
     preset = PRESETS[experiment.preset]
-    users = experiment.initial or {}
-    initial = dict(preset["initial"])
-    # The first members start from the known-good configurations, for what
-    # the user left unset and only in the preset's own search space.
-    points = [dict(p) for p in preset["known_good"]] if experiment.mutations is None else []
-    if experiment.smoke:
-        initial.update(SMOKE_INITIAL)
-        for point in points:
-            point.update({k: v for k, v in SMOKE_INITIAL.items() if not isinstance(v, Domain)})
-    initial.update(users)
-    points = [{k: v for k, v in p.items() if k not in users} for p in points]
-    points = [p for p in points if p][:experiment.population]
-    mutations = check_mutations(experiment.mutations if experiment.mutations is not None
-                                else preset["mutations"])
-    check_initial_in_range(users, mutations)
+    initial, points, mutations = search_space(experiment, preset, SMOKE_INITIAL)
+    config = PPOConfig()
+    for source, keys in (("initial", experiment.initial or {}), ("mutations", mutations)):
+        check_keys(config, keys, source)
     # --smoke samples one env at a time, so that its few small batches still
     # finish episodes (Pendulum's last 200 steps).
     envs = experiment.num_envs_per_env_runner or (1 if experiment.smoke
                                                   else preset["num_envs_per_env_runner"])
 
-    config = (
-        PPOConfig()
-        .environment(experiment.env)
-        .env_runners(num_env_runners=experiment.num_env_runners,
-                     num_cpus_per_env_runner=experiment.cpus_per_env_runner,
-                     num_envs_per_env_runner=envs,
-                     env_to_module_connector=mean_std_filter if preset["observation_filter"] else None)
-        .learners(num_gpus_per_learner=experiment.gpus_per_trial,
-                  num_cpus_per_learner=experiment.cpus_per_trial_process)
-        .resources(num_cpus_for_main_process=experiment.cpus_per_trial_process)
-        .rl_module(model_config=DefaultModelConfig(fcnet_activation=preset["fcnet_activation"]))
-        .debugging(seed=experiment.seed)
-        .callbacks(EffectiveValues)
-    )
+    config = configure(config, experiment, envs=envs, observation_filter=preset["observation_filter"],
+                       model_config={"fcnet_activation": preset["fcnet_activation"]})
+    config = config.callbacks(EffectiveValues)
     param_space = config.to_dict()
     param_space.update(initial)
     varying = set(mutations) | {k for p in points for k in p} | {
@@ -255,11 +212,4 @@ def build(experiment) -> TrainableSpec:
         points_to_evaluate=points or None,
         metric_pending=no_episode_finished,
     )
-
-
-def no_episode_finished(flat_result: dict) -> bool:
-    """No episode ended in this iteration, so there may be no return yet:
-    long episodes outlast the first small batches, and the first iteration of
-    a restored member has nothing to repeat (see ``ppo_algorithm._episode_stats``)."""
-    return not flat_result.get(EPISODES_THIS_ITER)
 

@@ -9,15 +9,13 @@ tested against."""
 
 from __future__ import annotations
 
-import math
-
 from ray.rllib.algorithms.ppo import PPO
-from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
 from pbtflow import ray_internals
+from pbtflow.trainables.rllib_algorithm import EpisodeStats, apply_lr, local_learner
 
 # Config keys that RLlib's PPO reads when it samples or learns, never when it
 # builds, so that a new value applies to a live Algorithm (the learner's and
@@ -30,8 +28,6 @@ IN_PLACE = frozenset({
     "num_epochs", "minibatch_size", "train_batch_size_per_learner", "shuffle_batch_per_epoch",
     "_train_batch_size_per_learner",  # what to_dict() calls the batch
 })
-
-EPISODE_STATS = ("episode_return_mean", "episode_return_max", "episode_return_min", "episode_len_mean")
 
 
 class PBTPPO(PPO):
@@ -68,7 +64,7 @@ class PBTPPO(PPO):
         super().load_checkpoint(checkpoint_dir)
         # The optimizer's state carries the donor's learning rate; the member
         # trains with its own from the first update on.
-        self.learner_group.foreach_learner(_apply_lr)
+        self.learner_group.foreach_learner(apply_lr)
 
 
 def reusable(varying_keys) -> bool:
@@ -96,12 +92,7 @@ def _reset_learner(learner, config) -> None:
                 learner._optimizer_lr_schedules[optimizer] = Scheduler(
                     fixed_value_or_schedule=lr, framework=learner.framework,
                     device=learner._device)
-    _apply_lr(learner)
-
-
-def _apply_lr(learner) -> None:
-    for optimizer, schedule in learner._optimizer_lr_schedules.items():
-        learner._set_optimizer_lr(optimizer, lr=schedule.get_current_value())
+    apply_lr(learner)
 
 
 def _reset_env_runner(env_runner, config) -> None:
@@ -111,14 +102,14 @@ def _reset_env_runner(env_runner, config) -> None:
     env_runner.metrics = MetricsLogger(stats_cls_lookup=config.stats_cls_lookup, root=False)
 
 
-class EffectiveValues(RLlibCallback):
+class EffectiveValues(EpisodeStats):
     """Reports the values the learner really trains with, so that tracking
     can check them against what PBT set (a restored checkpoint has been known
     to override perturbed values: ray issues 62173, 35640)."""
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs):
-        _episode_stats(self, result)
-        learner = getattr(algorithm.learner_group, "_learner", None)
+        super().on_train_result(algorithm=algorithm, metrics_logger=metrics_logger, result=result)
+        learner = local_learner(algorithm)
         config = learner.config if learner is not None else algorithm.config
         module = config.get_config_for_module("default_policy")
         effective = {
@@ -141,22 +132,3 @@ class EffectiveValues(RLlibCallback):
         if lr is not None:
             effective["lr"] = lr
         result["effective"] = effective
-
-
-def _episode_stats(callback, result: dict) -> None:
-    """RLlib 2.60 reports the episode return as NaN in an iteration that ended
-    no episode (vectorised envs of fixed length end theirs together, so most
-    iterations do). The return over the recent episodes has not changed, so
-    repeat the last one this member reported; a member with nothing to repeat
-    (just restored) leaves it out, as before its first episode. NaN would make
-    PBT's ranking arbitrary and the best member a matter of luck."""
-    runners = result.get("env_runners") or {}
-    value = runners.get("episode_return_mean")
-    if value is None:
-        return
-    if math.isnan(value):
-        for key in EPISODE_STATS:
-            runners.pop(key, None)
-        runners.update(getattr(callback, "last_episode_stats", {}))
-    else:
-        callback.last_episode_stats = {k: runners[k] for k in EPISODE_STATS if k in runners}
