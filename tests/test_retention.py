@@ -48,10 +48,17 @@ def _run(storage: Path, checkpoint_config, retention: PBTSafeRetention | None = 
 
 @pytest.mark.filterwarnings("ignore:Using `CheckpointConfig.num_to_keep <= 2`")
 def test_score_based_retention_loses_exploited_checkpoints(ray_runtime, tmp_path):
-    """The hazard is real in this setting, so the next test means something."""
-    results = _run(tmp_path, tune.CheckpointConfig(num_to_keep=KEEP,
-                                                   checkpoint_score_attribute="score"))
-    assert sum(GONE in str(error) for error in results.errors) >= 1, results.errors
+    """The hazard is real in this setting, so the next test means something.
+    It depends on the order in which members get a CPU: on a busy machine a
+    run can escape it, so up to three runs are made and one must hit it."""
+    errors = []
+    for attempt in range(3):
+        results = _run(tmp_path / str(attempt), tune.CheckpointConfig(
+            num_to_keep=KEEP, checkpoint_score_attribute="score"))
+        errors = results.errors
+        if any(GONE in str(error) for error in errors):
+            break
+    assert sum(GONE in str(error) for error in errors) >= 1, errors
 
 
 def test_pbt_safe_retention_loses_none_and_bounds_the_disk(ray_runtime, tmp_path):
