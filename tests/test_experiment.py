@@ -194,3 +194,14 @@ def test_what_this_machine_decided_is_not_replayed_elsewhere():
     assert Experiment(**derived.to_dict(portable=True)) == derived  # re-derived the same here
     given = Experiment(trainable="ppo", population=4, cpus_per_trial_process=0.5)
     assert given.to_dict(portable=True)["cpus_per_trial_process"] == 0.5
+
+
+def test_evaluation_settings_come_from_the_preset_and_smoke_fills_only_what_is_unset():
+    assert (Experiment().eval_top, Experiment().eval_episodes) == (3, 20)
+    assert Experiment(smoke=True).eval_episodes == 3
+    assert Experiment(smoke=True, eval_episodes=7, eval_top=0).eval_episodes == 7
+    assert Experiment(smoke=True, eval_top=0).eval_top == 0
+    assert Experiment(trainable="sac").eval_top == 3
+    custom = Experiment(trainable="quadratic", smoke=True)
+    assert custom.eval_top is None and custom.eval_episodes is None
+    assert "eval_top" not in custom.applicable_settings()

@@ -100,6 +100,63 @@ def test_learner_uses_the_perturbed_values(smoke_run):
                 assert m.value == pytest.approx(wanted[m.step], rel=1e-6), (key, m.step)
 
 
+def test_the_top_members_are_evaluated_and_the_best_by_evaluation_is_the_best(smoke_run, tmp_path):
+    """Both members play 3 greedy episodes on fresh seeds; their eval/* rows,
+    the parent's leaderboard table and best/* agree, read back with a fresh
+    client; the best by evaluation is the experiment's best (its schedule),
+    the best by Tune's last training result is named beside it."""
+    results, _, uri = smoke_run
+    client = MlflowClient(uri)
+    parent = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
+    _, children = runs_by_role(client, "smoke")
+    evaluated = {c.data.tags[names.TRIAL_ID]: c.data.metrics for c in children}
+    for metrics in evaluated.values():
+        assert metrics[names.EVAL_EPISODES] == 3 and metrics[names.EVAL_RETURN_STD] >= 0
+    best = max(evaluated, key=lambda t: evaluated[t][names.EVAL_RETURN_MEAN])
+    assert parent.data.tags[names.BEST_TRIAL] == best
+    by_training = max(results, key=lambda r: r.metrics["env_runners"]["episode_return_mean"])
+    assert parent.data.tags[names.BEST_BY_TRAINING] == by_training.metrics["trial_id"]
+    assert parent.data.metrics["best/" + names.EVAL_RETURN_MEAN] == evaluated[best][names.EVAL_RETURN_MEAN]
+    table = json.loads(open(client.download_artifacts(
+        parent.info.run_id, names.LEADERBOARD_FILE, str(tmp_path))).read())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [r["trial_id"] for r in rows] == sorted(evaluated, key=lambda t: -evaluated[t][names.EVAL_RETURN_MEAN])
+    for row in rows:
+        assert row[names.EVAL_RETURN_MEAN] == pytest.approx(evaluated[row["trial_id"]][names.EVAL_RETURN_MEAN])
+    schedule = json.loads(open(client.download_artifacts(
+        parent.info.run_id, names.SCHEDULE_FILE, str(tmp_path))).read())
+    assert schedule["trial_id"] == best
+
+
+def test_the_evaluation_agrees_with_rllibs_own(smoke_run):
+    """RLlib's own evaluation (its evaluation env runner, its seeds, exploration
+    off) of the best member's last checkpoint lands within the spread of
+    pbtflow's: a policy played with exploration on, or another checkpoint,
+    would not (here the best smoke member's greedy return was 500 on every
+    episode, its training return 99, the other member's greedy return 188)."""
+    from pbtflow.trainables.ppo_algorithm import PBTPPO
+
+    results, client, _ = smoke_run
+    parent = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
+    best = parent.data.tags[names.BEST_TRIAL]
+    result = next(r for r in results if r.metrics["trial_id"] == best)
+    child = next(c for c in runs_by_role(client, "smoke")[1] if c.data.tags[names.TRIAL_ID] == best)
+    config = {**result.config, "num_env_runners": 0, "evaluation_interval": 1,
+              "evaluation_duration": 5, "evaluation_duration_unit": "episodes",
+              "evaluation_num_env_runners": 0, "evaluation_config": {"explore": False}}
+    algorithm = PBTPPO(config=config)
+    try:
+        algorithm.restore(result.checkpoint.path)
+        # RLlib restores the training env runner only: its evaluation runner
+        # would normalise observations with fresh MeanStdFilter statistics.
+        algorithm.eval_env_runner.set_state(algorithm.env_runner.get_state())
+        theirs = algorithm.evaluate()["env_runners"]["episode_return_mean"]
+    finally:
+        algorithm.stop()
+    mine, spread = child.data.metrics[names.EVAL_RETURN_MEAN], child.data.metrics[names.EVAL_RETURN_STD]
+    assert abs(theirs - mine) <= max(3 * spread, 0.1 * abs(mine)), (theirs, mine, spread)
+
+
 def test_report_and_download(smoke_run, tmp_path, capsys):
     results, client, uri = smoke_run
     parents, _ = runs_by_role(client, "smoke")
@@ -110,6 +167,7 @@ def test_report_and_download(smoke_run, tmp_path, capsys):
     for result in results:
         assert result.metrics["trial_id"] in out
     assert "best schedule" in out and "FINISHED" in out
+    assert "by evaluation" in out and "evaluation return +- std (episodes)" in out
     assert any((tmp_path / "best").rglob("*.pkl")) or any((tmp_path / "best").rglob("*.json"))
     assert main(["report", "--experiment", "smoke", "--tracking-uri", uri]) == 0
 

@@ -128,6 +128,13 @@ class Experiment:
                                                only="rllib", invalid=("0",))
     gpus_per_trial: float = _opt(0, "GPUs per trial (for the RLlib learner).", only="rllib",
         invalid=("-1",))
+    eval_top: int | None = _opt(None, "After tuning, the top members by training return each play "
+                                "greedy episodes on environment seeds no member trained on, and the "
+                                "best by that evaluation becomes the experiment's best (RLlib "
+                                "trainables; default 3, 0 turns it off).", only="rllib",
+        invalid=("-1",))
+    eval_episodes: int | None = _opt(None, "Episodes each evaluated member plays (default 20; "
+                                     "--smoke: 3).", only="rllib", invalid=("0",))
     checkpoint_interval: int | None = _opt(None, "Checkpoint every this many iterations; must divide "
                                            "the perturbation interval (default: equal to it).",
         invalid=("0", "3"))
@@ -182,6 +189,8 @@ class Experiment:
         preset = defaults_for(self.trainable)
         shrunk = {"population": 2, "stop_iters": min(preset["stop_iters"], 6),
                   "perturbation_interval": 2} if self.smoke else {}
+        if self.smoke and "eval_episodes" in preset:
+            shrunk["eval_episodes"] = 3
         for key, value in {**preset, **shrunk}.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -237,6 +246,10 @@ class Experiment:
                f"must be positive, but got cpus_per_env_runner={self.cpus_per_env_runner}")
         _check(self.gpus_per_trial >= 0, "gpus_per_trial",
                f"must be 0 or more, but got gpus_per_trial={self.gpus_per_trial}")
+        _check(self.eval_top is None or self.eval_top >= 0, "eval_top",
+               f"must be 0 (no evaluation) or more members, but got eval_top={self.eval_top}")
+        _check(self.eval_episodes is None or self.eval_episodes >= 1, "eval_episodes",
+               f"must be 1 or more, but got eval_episodes={self.eval_episodes}")
         _check(self.max_failures >= -1, "max_failures",
                f"must be -1 (retry forever) or more, but got max_failures={self.max_failures}")
         _check(bool(self.experiment_name.strip()), "experiment_name", "must not be empty")

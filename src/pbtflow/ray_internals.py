@@ -21,6 +21,9 @@ checked at the same time:
   ``_named_optimizers``, ``_optimizer_lr_schedules``, ``_set_optimizer_lr``,
   ``_needs_initial_reset``, ``_device``) and keeps the algorithm's built
   config (``_built_config``, ``_fresh_state``).
+- ``trainables.rllib_algorithm``: sets an RLlib learner's optimizer learning
+  rates after a restore (``_optimizer_lr_schedules``, ``_set_optimizer_lr``)
+  and reads the learner of a local learner group (``learner_group._learner``).
 """
 
 from __future__ import annotations

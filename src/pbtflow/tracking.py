@@ -566,6 +566,26 @@ class ParentRun:
         params = [[p.key, p.value] for p in _params({f"best.{k}": v for k, v in config.items()})]
         self.deliver("batch", metrics=rows, params=params)
 
+    def log_evaluations(self, evaluations: list, run_ids: Mapping[str, str], metric: str) -> None:
+        """Each evaluated member's eval/* metrics on its child run, and the
+        leaderboard (best evaluation first) as a table on the parent."""
+        now = int(time.time() * 1000)
+        for evaluation in evaluations:
+            if evaluation.trial_id in run_ids:
+                rows = [[k, v, now, 0] for k, v in evaluation.metrics().items()]
+                send_or_spill(self.client, {"run_id": run_ids[evaluation.trial_id], "kind": "batch",
+                                            "metrics": rows}, self.spill_path)
+        columns = ["trial_id", *evaluations[0].metrics(), f"final {metric}"]
+        table = {column: [] for column in columns}
+        for evaluation in evaluations:
+            for column, value in zip(columns, [evaluation.trial_id, *evaluation.metrics().values(),
+                                               evaluation.training_value]):
+                table[column].append(value)
+        self.deliver("table", data=table, path=names.LEADERBOARD_FILE)
+        best = evaluations[0]
+        self.deliver("batch", metrics=[[names.BEST_PREFIX + k, v, now, 0]
+                                       for k, v in best.metrics().items()], params=[])
+
     def log_artifacts(self, paths: list[str | Path], folder: str | None = "plots") -> None:
         """Upload files (e.g. pictures) to the parent run under ``folder``."""
         for path in paths:

@@ -27,8 +27,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.logger import CSVLoggerCallback
 from ray.tune.utils import flatten_dict
 
-from pbtflow import (baselines, credentials, delivery, lineage, names, ray_internals, record_check,
-                     tracking, trainables)
+from pbtflow import (baselines, credentials, delivery, evaluation, lineage, names, ray_internals,
+                     record_check, tracking, trainables)
 from pbtflow.experiment import ClusterError, Experiment, ExperimentError, SettingError, TrackingError
 from pbtflow.pbt import Recording, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
@@ -544,8 +544,19 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
         if results.num_errors == len(results):
             raise RuntimeError(f"every trial failed; first error: {results.errors[0]}")
         best_trial, value, checkpoint = _best(results, metric, experiment.mode)
+        evaluations = _evaluate(experiment, spec, results, metric)
         events = tracker.kept_events
         try:
+            if evaluations:  # the best by evaluation is the experiment's best
+                parent.log_evaluations(evaluations, tracker.run_ids, metric)
+                parent.deliver("tag", key=names.BEST_BY_TRAINING, value=best_trial)
+                by_training, best = best_trial, evaluations[0]
+                best_trial, value = best.trial_id, best.training_value
+                checkpoint = next(r.checkpoint.path for r in results
+                                  if r.metrics.get("trial_id") == best_trial)
+                log.info("pbtflow: best by evaluation: %s, return %.4g +- %.3g over %d greedy episodes%s",
+                         best_trial, best.mean, best.std, len(best.returns),
+                         "" if by_training == best_trial else f" (best by training return: {by_training})")
             if best_trial:
                 parent.log_best(best_trial, metric, value, tracker.last_config(best_trial))
             lineage_record = lineage.build_lineage(events, tracker.initial)
@@ -564,22 +575,48 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
     return results
 
 
-def _best(results: ResultGrid, metric: str, mode: str) -> tuple[str, float | None, str | None]:
-    """(trial id, last metric value, checkpoint path) of the best member by
-    its last result; ("", None, None) if no member reported the metric."""
+def _ranked(results: ResultGrid, metric: str, mode: str) -> list[tuple[float, Any]]:
+    """(last metric value, result) of every member that reported the metric, best first."""
     scored = []
     for result in results:
         value = flatten_dict(dict(result.metrics or {}), delimiter="/").get(metric)
         number = tracking.as_number(value)
         if number is not None:
             scored.append((number, result))
-    if not scored:
+    return sorted(scored, key=lambda item: -item[0] if mode == "max" else item[0])
+
+
+def _best(results: ResultGrid, metric: str, mode: str) -> tuple[str, float | None, str | None]:
+    """(trial id, last metric value, checkpoint path) of the best member by
+    its last result; ("", None, None) if no member reported the metric."""
+    ranked = _ranked(results, metric, mode)
+    if not ranked:
         log.warning("pbtflow: no member reported %s, so there is no best member.", metric)
         return "", None, None
-    pick = max if mode == "max" else min
-    value, best = pick(scored, key=lambda item: item[0])
+    value, best = ranked[0]
     return (best.metrics.get("trial_id", ""), value,
             best.checkpoint.path if best.checkpoint else None)
+
+
+def _evaluate(experiment: Experiment, spec, results: ResultGrid, metric: str) -> list:
+    """The top members by training metric (``eval_top``), each playing
+    ``eval_episodes`` greedy episodes on fresh seeds, best evaluation first;
+    [] when off or impossible (the tuning's results stand)."""
+    if not (experiment.is_rllib and experiment.eval_top):
+        return []
+    top = [(r.metrics["trial_id"], value, r) for value, r in _ranked(results, metric, experiment.mode)
+           if r.checkpoint is not None and r.error is None][:experiment.eval_top]
+    if not top:
+        return []
+    log.info("pbtflow: evaluating the top %d members: %d greedy episodes each, on seeds no member "
+             "trained on", len(top), experiment.eval_episodes)
+    try:
+        return evaluation.evaluate(top, spec.trainable, experiment.eval_episodes,
+                                   evaluation.evaluation_seed(experiment.seed), experiment.cpus_per_trial)
+    except Exception as exc:  # the tuned members and their record stand
+        log.warning("pbtflow: the evaluation failed (%s: %s); the best member is the best by "
+                    "training return.", type(exc).__name__, exc)
+        return []
 
 
 def _check_record(parent: tracking.ParentRun, experiment_path: Path) -> list[str] | None:

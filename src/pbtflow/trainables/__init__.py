@@ -48,6 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": 450.0,
         "time_attr": "training_iteration", "perturbation_interval": 10,
         "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+        "eval_top": 3, "eval_episodes": 20,
     },
     # An SAC iteration samples 1000 env steps (5 Pendulum episodes) with one
     # update of the batch per step; RLlib's tuned Pendulum SAC reaches -250
@@ -57,6 +58,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 50, "stop_return": None,
         "time_attr": "training_iteration", "perturbation_interval": 5,
         "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+        "eval_top": 3, "eval_episodes": 20,
     },
     # A DQN iteration samples 1000 env steps (RLlib's default).
     "dqn": {
@@ -64,6 +66,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": 450.0,
         "time_attr": "training_iteration", "perturbation_interval": 5,
         "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+        "eval_top": 3, "eval_episodes": 20,
     },
     # Any other RLlib algorithm by name.
     "rllib": {
@@ -71,6 +74,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": None,
         "time_attr": "training_iteration", "perturbation_interval": 10,
         "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+        "eval_top": 3, "eval_episodes": 20,
     },
     # Ray's PBT function example; each member stops itself when `done`.
     "lr-schedule": {

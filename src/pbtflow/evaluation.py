@@ -1,0 +1,72 @@
+"""The tuned agent judged fairly. Under PBT the member with the highest last
+training return is the maximum over a population of noisy returns, measured
+with exploration on: after tuning, the top members by that return each play
+fresh episodes with the greedy policy, on environment seeds no member trained
+on, and the best by that evaluation becomes the experiment's best. Each member
+plays in its own Ray task on the cluster, with the CPUs a trial had."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import ray
+
+from pbtflow import names
+
+# Evaluation seeds: the experiment's seed (0 when unset) plus this offset, the
+# same for every evaluated member so that they play the same episodes.
+SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class Evaluation:
+    trial_id: str
+    returns: list[float]
+    training_value: float  # the member's last training return, which ranked it for evaluation
+
+    @property
+    def mean(self) -> float:
+        return sum(self.returns) / len(self.returns)
+
+    @property
+    def std(self) -> float:  # population standard deviation of the episode returns
+        return math.sqrt(sum((r - self.mean) ** 2 for r in self.returns) / len(self.returns))
+
+    def metrics(self) -> dict[str, float]:
+        return {names.EVAL_RETURN_MEAN: self.mean, names.EVAL_RETURN_STD: self.std,
+                names.EVAL_EPISODES: float(len(self.returns))}
+
+
+def evaluation_seed(experiment_seed: int | None) -> int:
+    return (experiment_seed or 0) + SEED_OFFSET
+
+
+def evaluate(candidates: Sequence[tuple[str, float, Any]], trainable: type, episodes: int,
+             seed: int, cpus: float) -> list[Evaluation]:
+    """Play ``episodes`` greedy episodes with each candidate (trial id,
+    training value, Tune result with its config and last checkpoint), all at
+    once as Ray tasks; best evaluation first."""
+    play = ray.remote(_play).options(num_cpus=cpus)
+    pending = [play.remote(trainable, result.config, result.checkpoint.path, episodes, seed)
+               for _, _, result in candidates]
+    evaluations = [Evaluation(trial_id, returns, value)
+                   for (trial_id, value, _), returns in zip(candidates, ray.get(pending))]
+    return sorted(evaluations, key=lambda e: -e.mean)
+
+
+def _play(trainable: type, config: dict, checkpoint: str, episodes: int, seed: int) -> list[float]:
+    """Restore the member into a fresh Algorithm sampling in its own process,
+    and return the returns of ``episodes`` episodes played without exploration."""
+    config = {**config, "num_env_runners": 0, "num_gpus_per_learner": 0, "seed": seed}
+    algorithm = trainable(config=config)
+    try:
+        algorithm.restore(checkpoint)
+        returns: list[float] = []
+        while len(returns) < episodes:
+            done = algorithm.env_runner.sample(num_episodes=episodes - len(returns), explore=False)
+            returns += [float(e.get_return()) for e in done if e.is_done]
+        return returns[:episodes]
+    finally:
+        algorithm.stop()
