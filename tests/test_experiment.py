@@ -205,3 +205,13 @@ def test_evaluation_settings_come_from_the_preset_and_smoke_fills_only_what_is_u
     custom = Experiment(trainable="quadratic", smoke=True)
     assert custom.eval_top is None and custom.eval_episodes is None
     assert "eval_top" not in custom.applicable_settings()
+
+
+def test_the_run_name_says_what_is_tuned_unless_given():
+    assert Experiment().run_label == "ppo-CartPole-v1"
+    assert Experiment(trainable="sac").run_label == "sac-Pendulum-v1"
+    assert Experiment(trainable="lr-schedule").run_label == "lr-schedule"
+    assert Experiment(trainable="mypkg.mymodule:train").run_label == "train"
+    assert Experiment(trainable="sac", run_name="mine").run_label == "mine"
+    with pytest.raises(ExperimentError, match="^run_name: must be letters"):
+        Experiment(run_name="../elsewhere")

@@ -41,6 +41,15 @@ def test_smoke_run_nests_every_trial_under_one_parent(smoke_run):
         assert {"lr", "lambda", "clip_param", "num_epochs"} <= set(child.data.params)
 
 
+def test_runs_are_named_for_what_they_are(smoke_run):
+    results, client, _ = smoke_run
+    parents, children = runs_by_role(client, "smoke")
+    assert re.fullmatch(r"ppo-CartPole-v1-\d{8}-\d{6}", parents[0].info.run_name), parents[0].info.run_name
+    assert Path(results.experiment_path).name == parents[0].info.run_name
+    assert sorted(c.info.run_name for c in children) == sorted(
+        f"member-{int(t.rsplit('_', 1)[1])}-{t}" for t in (c.data.tags[names.TRIAL_ID] for c in children))
+
+
 def test_the_record_agrees_with_rays_pbt_log(smoke_run):
     results, client, _ = smoke_run
     parent = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
@@ -108,19 +117,23 @@ def test_the_top_members_are_evaluated_and_the_best_by_evaluation_is_the_best(sm
     results, _, uri = smoke_run
     client = MlflowClient(uri)
     parent = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
-    _, children = runs_by_role(client, "smoke")
+    children = [c for c in runs_by_role(client, "smoke")[1]
+                if c.data.tags[names.PARENT_RUN_ID] == parent.info.run_id]
     evaluated = {c.data.tags[names.TRIAL_ID]: c.data.metrics for c in children}
     for metrics in evaluated.values():
         assert metrics[names.EVAL_EPISODES] == 3 and metrics[names.EVAL_RETURN_STD] >= 0
-    best = max(evaluated, key=lambda t: evaluated[t][names.EVAL_RETURN_MEAN])
+    # Tune's last results rank the members by training return; an equal
+    # evaluation keeps that order.
+    training = {r.metrics["trial_id"]: r.metrics["env_runners"]["episode_return_mean"] for r in results}
+    ranking = sorted(evaluated, key=lambda t: (-evaluated[t][names.EVAL_RETURN_MEAN], -training[t]))
+    best = ranking[0]
     assert parent.data.tags[names.BEST_TRIAL] == best
-    by_training = max(results, key=lambda r: r.metrics["env_runners"]["episode_return_mean"])
-    assert parent.data.tags[names.BEST_BY_TRAINING] == by_training.metrics["trial_id"]
+    assert parent.data.tags[names.BEST_BY_TRAINING] == max(training, key=training.get)
     assert parent.data.metrics["best/" + names.EVAL_RETURN_MEAN] == evaluated[best][names.EVAL_RETURN_MEAN]
     table = json.loads(open(client.download_artifacts(
         parent.info.run_id, names.LEADERBOARD_FILE, str(tmp_path))).read())
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
-    assert [r["trial_id"] for r in rows] == sorted(evaluated, key=lambda t: -evaluated[t][names.EVAL_RETURN_MEAN])
+    assert [r["trial_id"] for r in rows] == ranking
     for row in rows:
         assert row[names.EVAL_RETURN_MEAN] == pytest.approx(evaluated[row["trial_id"]][names.EVAL_RETURN_MEAN])
     schedule = json.loads(open(client.download_artifacts(

@@ -296,11 +296,12 @@ class JobOptions:
 def _tune_settings(plan: SizingPlan, options: JobOptions) -> dict[str, Any]:
     """The settings the job passes to ``pbtflow tune`` (inputs, in order), checked
     by building the Experiment the job will build."""
-    settings: dict[str, Any] = {"trainable": options.trainable}
     rllib = rllib_name(options.trainable) is not None
+    trainable = options.trainable.lower() if rllib else options.trainable  # 'SAC' is 'sac'
+    settings: dict[str, Any] = {"trainable": trainable}
     if rllib:  # the env and the search-space preset are RLlib's
-        settings["env"] = options.env or defaults_for(options.trainable)["env"]
-        settings["preset"] = options.preset or ("cluster" if options.trainable == "ppo" else "auto")
+        settings["env"] = options.env or defaults_for(trainable)["env"]
+        settings["preset"] = options.preset or ("cluster" if trainable == "ppo" else "auto")
     settings["population"] = plan.population
     settings["cpus_per_trial_process"] = plan.cpus_per_trial_process
     if rllib:
@@ -308,7 +309,7 @@ def _tune_settings(plan: SizingPlan, options: JobOptions) -> dict[str, Any]:
         settings["cpus_per_env_runner"] = plan.cpus_per_env_runner
     elif plan.num_env_runners:
         _fail("num_env_runners", f"only RLlib trainables have env runners, but got {plan.num_env_runners} "
-              f"with trainable {options.trainable!r}; drop --num-env-runners")
+              f"with trainable {trainable!r}; drop --num-env-runners")
     if rllib or plan.gpus_per_trial:
         settings["gpus_per_trial"] = plan.gpus_per_trial
     extra = dict(options.settings or {})

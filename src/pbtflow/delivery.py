@@ -151,15 +151,13 @@ def send(client: MlflowClient, delivery: Mapping[str, Any]) -> None:
         client.log_artifact(run_id, delivery["local"], delivery.get("folder"))
     elif kind == "dir":
         client.log_artifacts(run_id, delivery["local"], delivery.get("folder"))
-    elif kind == "table":  # an MLflow table (shown in the UI's artifact view): columns -> values
-        client.log_table(run_id, data=delivery["data"], artifact_file=delivery["path"])
     elif kind == "tag":
         client.set_tag(run_id, delivery["key"], delivery["value"])
     elif kind == "batch":
         client.log_batch(run_id, metrics=[Metric(*m) for m in delivery.get("metrics", [])],
                          params=[Param(k, v) for k, v in delivery.get("params", [])])
     else:
-        raise ValueError(f"delivery kind {kind!r} is not json, table, file, dir, tag or batch")
+        raise ValueError(f"delivery kind {kind!r} is not json, file, dir, tag or batch")
 
 
 def send_or_spill(client: MlflowClient, delivery: Mapping[str, Any], spill_to: Path | None) -> bool:

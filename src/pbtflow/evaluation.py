@@ -3,21 +3,28 @@ training return is the maximum over a population of noisy returns, measured
 with exploration on: after tuning, the top members by that return each play
 fresh episodes with the greedy policy, on environment seeds no member trained
 on, and the best by that evaluation becomes the experiment's best. Each member
-plays in its own Ray task on the cluster, with the CPUs a trial had."""
+plays in its own Ray task on the cluster, with the CPUs of a trial's own
+process (it samples there, without env runners)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import ray
+from ray.exceptions import GetTimeoutError
 
 from pbtflow import names
+
+log = logging.getLogger(__name__)
 
 # Evaluation seeds: the experiment's seed (0 when unset) plus this offset, the
 # same for every evaluated member so that they play the same episodes.
 SEED_OFFSET = 1_000_003
+TIMEOUT = 1800.0  # seconds for the whole evaluation; a member still playing then is left out
 
 
 @dataclass
@@ -44,22 +51,41 @@ def evaluation_seed(experiment_seed: int | None) -> int:
 
 
 def evaluate(candidates: Sequence[tuple[str, float, Any]], trainable: type, episodes: int,
-             seed: int, cpus: float) -> list[Evaluation]:
+             seed: int, cpus: float, timeout: float = TIMEOUT) -> list[Evaluation]:
     """Play ``episodes`` greedy episodes with each candidate (trial id,
     training value, Tune result with its config and last checkpoint), all at
-    once as Ray tasks; best evaluation first."""
+    once as Ray tasks; best evaluation first (ties in training order). A
+    member whose task fails or outlasts ``timeout`` seconds is left out, with
+    a warning."""
     play = ray.remote(_play).options(num_cpus=cpus)
-    pending = [play.remote(trainable, result.config, result.checkpoint.path, episodes, seed)
-               for _, _, result in candidates]
-    evaluations = [Evaluation(trial_id, returns, value)
-                   for (trial_id, value, _), returns in zip(candidates, ray.get(pending))]
+    pending = [(trial_id, value, play.remote(trainable, result.config, result.checkpoint.path,
+                                             episodes, seed))
+               for trial_id, value, result in candidates]
+    deadline = time.monotonic() + timeout
+    evaluations = []
+    for trial_id, value, ref in pending:
+        try:
+            returns = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+        except GetTimeoutError:
+            ray.cancel(ref, force=True)
+            log.warning("pbtflow: the evaluation of %s took longer than %d s; it is left out.",
+                        trial_id, timeout)
+            continue
+        except Exception as exc:
+            log.warning("pbtflow: the evaluation of %s failed (%s); it is left out.", trial_id,
+                        str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+            continue
+        evaluations.append(Evaluation(trial_id, returns, value))
     return sorted(evaluations, key=lambda e: -e.mean)
 
 
 def _play(trainable: type, config: dict, checkpoint: str, episodes: int, seed: int) -> list[float]:
-    """Restore the member into a fresh Algorithm sampling in its own process,
-    and return the returns of ``episodes`` episodes played without exploration."""
-    config = {**config, "num_env_runners": 0, "num_gpus_per_learner": 0, "seed": seed}
+    """Restore the member into a fresh Algorithm sampling in its own process
+    from one environment (with several, the episodes that end first, the short
+    ones, would be over-represented), and return the returns of ``episodes``
+    episodes played without exploration."""
+    config = {**config, "num_env_runners": 0, "num_envs_per_env_runner": 1,
+              "num_gpus_per_learner": 0, "seed": seed}
     algorithm = trainable(config=config)
     try:
         algorithm.restore(checkpoint)

@@ -20,6 +20,7 @@ BASELINES = ("grid", "random")
 SCHEDULERS = ("pbt", "pb2")
 PERTURBATION_FACTORS = (1.2, 0.8)  # Ray's default
 _TRAINABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_RUN_NAME = re.compile(r"^[\w.\-]+$")
 
 
 class ExperimentError(ValueError):
@@ -147,6 +148,12 @@ class Experiment:
                                        invalid=("0", "-5"))
     experiment_name: str = _opt("pbt", "MLflow experiment (and Ray Tune experiment folder) name.",
         invalid=("  ",))
+    run_name: str | None = _opt(None, "Name of the MLflow parent run and of Ray's experiment folder, "
+                                "a date-time appended; default: what is tuned, e.g. "
+                                "ppo-CartPole-v1 (your trainable by its function or class name). "
+                                "Inside an Azure ML job the job's run keeps its own name.",
+                                shown_default="<trainable>-<env>",
+        invalid=("a/b", ""))
     tracking_uri: str | None = _opt(None, "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else "
                                     "MLflow's embedded store (./mlflow.db).",
         invalid=("http://127.0.0.1:9",))
@@ -253,6 +260,9 @@ class Experiment:
         _check(self.max_failures >= -1, "max_failures",
                f"must be -1 (retry forever) or more, but got max_failures={self.max_failures}")
         _check(bool(self.experiment_name.strip()), "experiment_name", "must not be empty")
+        _check(self.run_name is None or bool(_RUN_NAME.match(self.run_name)), "run_name",
+               f"must be letters, digits, '.', '_' or '-' (it names a folder), but got "
+               f"run_name={self.run_name!r}")
         _check(self.stall_timeout is None or self.stall_timeout > 0, "stall_timeout",
                f"must be a positive number of seconds, but got stall_timeout={self.stall_timeout}; "
                "leave it out to only report a stall")
@@ -334,6 +344,16 @@ class Experiment:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) is not None and f.name not in ("initial", "mutations")
                 and f.metadata.get("only") in (None, "rllib" if self.is_rllib else self.trainable)}
+
+    @property
+    def run_label(self) -> str:
+        """What names the parent run and Ray's folder (before the date-time):
+        --run-name, else the trainable (by its function or class name) and,
+        for RLlib, the environment."""
+        if self.run_name:
+            return self.run_name
+        label = self.trainable.rsplit(":", 1)[-1]
+        return f"{label}-{self.env}" if self.is_rllib else label
 
     @property
     def is_rllib(self) -> bool:

@@ -32,6 +32,7 @@ from ray.tune.utils import flatten_dict
 from pbtflow import names
 from pbtflow.experiment import Experiment, ExperimentError, SettingError, TrackingError
 from pbtflow.delivery import Writer, batches, send, send_or_spill, spill
+from pbtflow.lineage import trial_index
 from pbtflow.pbt import get_path
 from pbtflow.credentials import REDACTED, is_secret, redact, scrub, secret_values
 
@@ -255,7 +256,7 @@ class TrialTracker(Callback):
             try:
                 run = self._client.create_run(
                     self._experiment_id,
-                    run_name=str(trial),
+                    run_name=f"member-{trial_index(trial.trial_id)}-{trial.trial_id}",
                     tags={names.PARENT_RUN_ID: self._parent_run_id, names.TRIAL_ID: trial.trial_id,
                           names.TRIAL_NAME: str(trial), names.ROLE: "trial"},
                 )
@@ -575,13 +576,11 @@ class ParentRun:
                 rows = [[k, v, now, 0] for k, v in evaluation.metrics().items()]
                 send_or_spill(self.client, {"run_id": run_ids[evaluation.trial_id], "kind": "batch",
                                             "metrics": rows}, self.spill_path)
-        columns = ["trial_id", *evaluations[0].metrics(), f"final {metric}"]
-        table = {column: [] for column in columns}
-        for evaluation in evaluations:
-            for column, value in zip(columns, [evaluation.trial_id, *evaluation.metrics().values(),
-                                               evaluation.training_value]):
-                table[column].append(value)
-        self.deliver("table", data=table, path=names.LEADERBOARD_FILE)
+        # MLflow's table layout, written whole (log_table would append to a
+        # table that a sync retry or a resume had written already).
+        table = {"columns": ["trial_id", *evaluations[0].metrics(), f"final {metric}"],
+                 "data": [[e.trial_id, *e.metrics().values(), e.training_value] for e in evaluations]}
+        self.deliver("json", data=table, path=names.LEADERBOARD_FILE)
         best = evaluations[0]
         self.deliver("batch", metrics=[[names.BEST_PREFIX + k, v, now, 0]
                                        for k, v in best.metrics().items()], params=[])

@@ -478,7 +478,8 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
     constants = sorted((set(flatten_keys(experiment.initial or {})) | set(spec.hyperparameters))
                        - set(mutated))
     storage = Path(experiment.storage_path or DEFAULT_STORAGE).expanduser().resolve()
-    run_name = f"{experiment.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    label = re.sub(r"[^\w.-]", "_", experiment.run_label)  # a folder name: no "/" from ALE/Pong-v5
+    run_name = f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_path = Path(resume["path"]) if resume else storage / run_name
 
     # Fail on an unwritable storage path or an unreachable tracking server
@@ -544,7 +545,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
         if results.num_errors == len(results):
             raise RuntimeError(f"every trial failed; first error: {results.errors[0]}")
         best_trial, value, checkpoint = _best(results, metric, experiment.mode)
-        evaluations = _evaluate(experiment, spec, results, metric)
+        evaluations = _evaluate(experiment, spec, results, metric, replay)
         events = tracker.kept_events
         try:
             if evaluations:  # the best by evaluation is the experiment's best
@@ -598,11 +599,13 @@ def _best(results: ResultGrid, metric: str, mode: str) -> tuple[str, float | Non
             best.checkpoint.path if best.checkpoint else None)
 
 
-def _evaluate(experiment: Experiment, spec, results: ResultGrid, metric: str) -> list:
+def _evaluate(experiment: Experiment, spec, results: ResultGrid, metric: str,
+              replay: Mapping[str, Any] | None) -> list:
     """The top members by training metric (``eval_top``), each playing
     ``eval_episodes`` greedy episodes on fresh seeds, best evaluation first;
-    [] when off or impossible (the tuning's results stand)."""
-    if not (experiment.is_rllib and experiment.eval_top):
+    [] when off, for a replay (one member), or when interrupted or failed:
+    the tuning's results and record stand."""
+    if not (experiment.is_rllib and experiment.eval_top) or replay is not None:
         return []
     top = [(r.metrics["trial_id"], value, r) for value, r in _ranked(results, metric, experiment.mode)
            if r.checkpoint is not None and r.error is None][:experiment.eval_top]
@@ -610,13 +613,19 @@ def _evaluate(experiment: Experiment, spec, results: ResultGrid, metric: str) ->
         return []
     log.info("pbtflow: evaluating the top %d members: %d greedy episodes each, on seeds no member "
              "trained on", len(top), experiment.eval_episodes)
+    # Ctrl-C or SIGTERM (as during tuning) ends the evaluation, not the summary.
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         return evaluation.evaluate(top, spec.trainable, experiment.eval_episodes,
-                                   evaluation.evaluation_seed(experiment.seed), experiment.cpus_per_trial)
-    except Exception as exc:  # the tuned members and their record stand
-        log.warning("pbtflow: the evaluation failed (%s: %s); the best member is the best by "
-                    "training return.", type(exc).__name__, exc)
+                                   evaluation.evaluation_seed(experiment.seed),
+                                   experiment.cpus_per_trial_process)
+    except (Exception, KeyboardInterrupt) as exc:  # the tuned members and their record stand
+        log.warning("pbtflow: the evaluation %s; the best member is the best by training return.",
+                    "was interrupted" if isinstance(exc, KeyboardInterrupt)
+                    else f"failed ({type(exc).__name__}: {exc})")
         return []
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_record(parent: tracking.ParentRun, experiment_path: Path) -> list[str] | None:

@@ -41,8 +41,8 @@ DISCRETE = {
 
 PRESETS = {"discrete": DISCRETE}
 
-# --smoke: iterations of 200 env steps, learning from the 64th.
-SMOKE_INITIAL = {"train_batch_size_per_learner": 32}
+# --smoke: iterations of 200 env steps, learning from the 64th, small batches.
+SMOKE_INITIAL = {"train_batch_size_per_learner": 16}
 SMOKE_CONSTANTS = {"min_sample_timesteps_per_iteration": 200,
                    "num_steps_sampled_before_learning_starts": 64, "capacity": 5000}
 
