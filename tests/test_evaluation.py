@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from ray import cloudpickle
 
-import user_trainables
+import broken_algorithms
 from pbtflow.evaluation import Evaluation, evaluate
 
 
@@ -15,10 +15,10 @@ def _candidate(trial_id: str, value: float):
 
 
 def test_a_member_that_fails_or_hangs_is_left_out_with_a_warning(ray_runtime, caplog):
-    cloudpickle.register_pickle_by_value(user_trainables)  # workers do not see tests/
-    assert evaluate([_candidate("a_00000", 1.0)], user_trainables.Unrestorable, 2, 7, 0.5) == []
+    cloudpickle.register_pickle_by_value(broken_algorithms)  # workers do not see tests/
+    assert evaluate([_candidate("a_00000", 1.0)], broken_algorithms.Unrestorable, 2, 7, 0.5) == []
     assert "the evaluation of a_00000 failed (RuntimeError: cannot read /nowhere/a_00000)" in caplog.text
-    assert evaluate([_candidate("b_00001", 1.0)], user_trainables.Endless, 2, 7, 0.5, timeout=3) == []
+    assert evaluate([_candidate("b_00001", 1.0)], broken_algorithms.Endless, 2, 7, 0.5, timeout=3) == []
     assert "the evaluation of b_00001 took longer than 3 s; it is left out." in caplog.text
 
 
