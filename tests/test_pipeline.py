@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -26,7 +27,7 @@ def smoke_run(ray_runtime, tmp_path_factory):
     by the tests below."""
     root = tmp_path_factory.mktemp("smoke")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    exp = pbtflow.Experiment(smoke=True, synch=True, seed=0, experiment_name="smoke",
+    exp = pbtflow.Experiment(smoke=True, synch=True, seed=0, experiment_name="smoke", eval_episodes=10,
                              tracking_uri=uri, storage_path=str(root / "results"))
     results = pbtflow.tune(exp)
     return results, MlflowClient(uri), uri
@@ -110,7 +111,8 @@ def test_learner_uses_the_perturbed_values(smoke_run):
 
 
 def test_the_top_members_are_evaluated_and_the_best_by_evaluation_is_the_best(smoke_run, tmp_path):
-    """Both members play 3 greedy episodes on fresh seeds; their eval/* rows,
+    """Both members play 10 greedy episodes (the user's number beside smoke's
+    default 3) on fresh seeds; their eval/* rows,
     the parent's leaderboard table and best/* agree, read back with a fresh
     client; the best by evaluation is the experiment's best (its schedule),
     the best by Tune's last training result is named beside it."""
@@ -121,7 +123,7 @@ def test_the_top_members_are_evaluated_and_the_best_by_evaluation_is_the_best(sm
                 if c.data.tags[names.PARENT_RUN_ID] == parent.info.run_id]
     evaluated = {c.data.tags[names.TRIAL_ID]: c.data.metrics for c in children}
     for metrics in evaluated.values():
-        assert metrics[names.EVAL_EPISODES] == 3 and metrics[names.EVAL_RETURN_STD] >= 0
+        assert metrics[names.EVAL_EPISODES] == 10 and metrics[names.EVAL_RETURN_STD] >= 0
     # Tune's last results rank the members by training return; an equal
     # evaluation keeps that order.
     training = {r.metrics["trial_id"]: r.metrics["env_runners"]["episode_return_mean"] for r in results}
@@ -142,11 +144,14 @@ def test_the_top_members_are_evaluated_and_the_best_by_evaluation_is_the_best(sm
 
 
 def test_the_evaluation_agrees_with_rllibs_own(smoke_run):
-    """RLlib's own evaluation (its evaluation env runner, its seeds, exploration
-    off) of the best member's last checkpoint lands within the spread of
-    pbtflow's: a policy played with exploration on, or another checkpoint,
-    would not (here the best smoke member's greedy return was 500 on every
-    episode, its training return 99, the other member's greedy return 188)."""
+    """RLlib's own evaluation env runner (its seeds, exploration off) playing
+    20 episodes from the best member's last checkpoint agrees with pbtflow's
+    10 within the sampling error of both means: a policy played with
+    exploration on, or another checkpoint, would not (in one run the best smoke
+    member's greedy return was 500 on every episode, its training return 99,
+    the other member's greedy return 188; in another RLlib's episodes averaged
+    440 where pbtflow's 3 had all reached 500, so single means are not compared
+    with a fixed tolerance)."""
     from pbtflow.trainables.ppo_algorithm import PBTPPO
 
     results, client, _ = smoke_run
@@ -155,19 +160,23 @@ def test_the_evaluation_agrees_with_rllibs_own(smoke_run):
     result = next(r for r in results if r.metrics["trial_id"] == best)
     child = next(c for c in runs_by_role(client, "smoke")[1] if c.data.tags[names.TRIAL_ID] == best)
     config = {**result.config, "num_env_runners": 0, "evaluation_interval": 1,
-              "evaluation_duration": 5, "evaluation_duration_unit": "episodes",
-              "evaluation_num_env_runners": 0, "evaluation_config": {"explore": False}}
+              "evaluation_num_env_runners": 0,
+              "evaluation_config": {"explore": False, "num_envs_per_env_runner": 1}}
     algorithm = PBTPPO(config=config)
     try:
         algorithm.restore(result.checkpoint.path)
         # RLlib restores the training env runner only: its evaluation runner
         # would normalise observations with fresh MeanStdFilter statistics.
         algorithm.eval_env_runner.set_state(algorithm.env_runner.get_state())
-        theirs = algorithm.evaluate()["env_runners"]["episode_return_mean"]
+        episodes = algorithm.eval_env_runner.sample(num_episodes=20, explore=False)
     finally:
         algorithm.stop()
-    mine, spread = child.data.metrics[names.EVAL_RETURN_MEAN], child.data.metrics[names.EVAL_RETURN_STD]
-    assert abs(theirs - mine) <= max(3 * spread, 0.1 * abs(mine)), (theirs, mine, spread)
+    theirs = np.array([e.get_return() for e in episodes])
+    metrics = child.data.metrics
+    mine, spread, n = (metrics[names.EVAL_RETURN_MEAN], metrics[names.EVAL_RETURN_STD],
+                       metrics[names.EVAL_EPISODES])
+    error = np.sqrt(spread ** 2 / n + theirs.var(ddof=1) / len(theirs))
+    assert abs(theirs.mean() - mine) <= 4 * error + 0.05 * abs(mine), (theirs.tolist(), mine, spread)
 
 
 def test_report_and_download(smoke_run, tmp_path, capsys):
