@@ -13,20 +13,14 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.tune.search.sample import Domain
 
 from pbtflow.experiment import Experiment, ExperimentError
-from pbtflow.pbt import bounds_of, check_mutations, flatten_keys, make_explore
+from pbtflow.pbt import bounds_of, check_mutations, flatten_keys
 from pbtflow.trainables import build
 from pbtflow.trainables.ppo import PRESETS, repair
 from pbtflow.trainables.rllib import mean_std_filter
+from preset_checks import explored_configs, rllib_config
 
 ENVS = {"CartPole-v1": "discrete", "Acrobot-v1": "discrete", "LunarLander-v3": "discrete",
         "Pendulum-v1": "continuous", "MountainCarContinuous-v0": "continuous"}
-
-
-def rllib_config(param_space: dict, point: dict) -> PPOConfig:
-    """What Tune hands RLlib for one member, validated by RLlib itself."""
-    config = PPOConfig.from_dict({**param_space, **point})
-    config.validate()
-    return config
 
 
 @pytest.mark.parametrize("env, kind", ENVS.items())
@@ -62,11 +56,11 @@ def test_every_preset_builds_a_valid_rllib_config(env, preset):
     sampled = {k: v.sample(random_state=rng.randint(0, 10**6)) if isinstance(v, Domain) else v
                for k, v in spec.param_space.items() if k in spec.hyperparameters}
     for point in (spec.points_to_evaluate or []) + [sampled]:
-        config = rllib_config(spec.param_space, point)
+        config = rllib_config(PPOConfig, spec.param_space, point)
         assert config.env == env
         assert config.num_envs_per_env_runner == PRESETS[preset]["num_envs_per_env_runner"]
         assert (config._env_to_module_connector is mean_std_filter) == PRESETS[preset]["observation_filter"]
-        assert config.model_config["fcnet_activation"] == PRESETS[preset]["fcnet_activation"]
+        assert config.model_config["fcnet_activation"] == PRESETS[preset]["model_config"]["fcnet_activation"]
     assert len(spec.points_to_evaluate or []) == len(PRESETS[preset]["known_good"])
 
 
@@ -105,31 +99,16 @@ def test_smoke_keeps_its_small_batches_at_the_known_good_start():
     assert spec.param_space["num_envs_per_env_runner"] == 1
     for point in spec.points_to_evaluate:
         assert point["train_batch_size_per_learner"] == 256 and point["minibatch_size"] == 64
-        rllib_config(spec.param_space, point)
+        rllib_config(PPOConfig, spec.param_space, point)
 
 
 @pytest.mark.parametrize("preset", ["discrete", "continuous", "cluster"])
 def test_every_mutation_stays_valid_after_the_repair(preset):
     spec = build(Experiment(env="CartPole-v1", preset=preset))
     mutations = check_mutations(PRESETS[preset]["mutations"])
-    explore = make_explore(mutations, repair)
-    rng = random.Random(1)
-    corners = []
-    for key in flatten_keys(mutations):  # every bound, and far outside it
-        low, high, _ = bounds_of(mutations[key])
-        corners += [{key: low}, {key: high}, {key: low - 10 * (high - low + 1)}, {key: high * 100}]
-    for trial in range(200):
-        config = dict(spec.points_to_evaluate[0] if spec.points_to_evaluate else {})
-        for key in flatten_keys(mutations):
-            m = mutations[key]
-            config[key] = rng.choice(m) if isinstance(m, list) else m.sample(random_state=rng.randint(0, 10**6))
-        if trial < len(corners):
-            config.update(corners[trial])
-        fixed = explore(config)
-        rllib_config(spec.param_space, fixed)
-        for key in flatten_keys(mutations):
-            low, high, _ = bounds_of(mutations[key])
-            assert low <= fixed[key] <= high, (key, fixed[key])
+    start = spec.points_to_evaluate[0] if spec.points_to_evaluate else {}
+    for fixed in explored_configs(mutations, repair, start, trials=200):
+        rllib_config(PPOConfig, spec.param_space, fixed)
 
 
 def test_an_iteration_that_ends_no_episode_repeats_the_last_return():

@@ -17,22 +17,18 @@ from ray.tune.search.sample import Domain
 import pbtflow
 from pbtflow import names
 from pbtflow.experiment import Experiment, SettingError
-from pbtflow.pbt import bounds_of, check_mutations, flatten_keys, make_explore
+from pbtflow.pbt import bounds_of, check_mutations
 from pbtflow.trainables import build, dqn, sac
+from pbtflow.trainables.rllib import OFF_POLICY_SMOKE
 from pbtflow.trainables.rllib_algorithm import PBTDQN, PBTSAC, REPLAY_TIMESTEPS
 from mlflow_checks import assert_record_is_true, runs_by_role
+from preset_checks import explored_configs, rllib_config
+
 
 ALGORITHMS = {
     "sac": (sac, SACConfig, PBTSAC, "Pendulum-v1", "continuous"),
     "dqn": (dqn, DQNConfig, PBTDQN, "CartPole-v1", "discrete"),
 }
-
-
-def rllib_config(config_cls, param_space: dict, point: dict):
-    """What Tune hands RLlib for one member, validated by RLlib itself."""
-    config = config_cls.from_dict({**param_space, **point})
-    config.validate()
-    return config
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -65,24 +61,9 @@ def test_every_mutation_stays_valid_after_the_repair(name):
     module, config_cls, _, _, kind = ALGORITHMS[name]
     spec = build(Experiment(trainable=name))
     mutations = check_mutations(module.PRESETS[kind]["mutations"])
-    explore = make_explore(mutations, module.repair)
-    rng = random.Random(1)
-    corners = []
-    for key in flatten_keys(mutations):  # every bound, and far outside it
-        low, high, _ = bounds_of(mutations[key])
-        corners += [{key: low}, {key: high}, {key: low - 10 * (high - low + 1)}, {key: high * 100}]
-    for trial in range(100):
-        config = dict(spec.points_to_evaluate[0])
-        for key in flatten_keys(mutations):
-            m = mutations[key]
-            config[key] = rng.choice(m) if isinstance(m, list) else m.sample(random_state=rng.randint(0, 10**6))
-        if trial < len(corners):
-            config.update(corners[trial])
-        fixed = explore(config)
+    for fixed in explored_configs(mutations, module.repair, spec.points_to_evaluate[0], trials=100):
         validated = rllib_config(config_cls, spec.param_space, fixed)
-        for key in flatten_keys(mutations):
-            low, high, _ = bounds_of(mutations[key])
-            assert low <= fixed[key] <= high, (key, fixed[key])
+        for key in mutations:
             assert getattr(validated, key) == pytest.approx(fixed[key]), key
 
 
@@ -155,7 +136,7 @@ def test_pbt_on_an_off_policy_algorithm_keeps_a_true_record(ray_runtime, tmp_pat
     parents, children = runs_by_role(client, name)
     assert assert_record_is_true(client, parents[0].info.run_id, results)["exploits"] >= 1
     mutated = parents[0].data.params["mutated_hyperparameters"].split(",")
-    capacity = ALGORITHMS[name][0].SMOKE_CONSTANTS["capacity"]
+    capacity = OFF_POLICY_SMOKE["capacity"]
     for child in children:
         for key in mutated:
             wanted = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "hp/" + key)}

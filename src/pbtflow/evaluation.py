@@ -32,6 +32,7 @@ class Evaluation:
     trial_id: str
     returns: list[float]
     training_value: float  # the member's last training return, which ranked it for evaluation
+    checkpoint: str = ""  # the evaluated checkpoint (the member's last)
 
     @property
     def mean(self) -> float:
@@ -58,12 +59,12 @@ def evaluate(candidates: Sequence[tuple[str, float, Any]], trainable: type, epis
     member whose task fails or outlasts ``timeout`` seconds is left out, with
     a warning."""
     play = ray.remote(_play).options(num_cpus=cpus)
-    pending = [(trial_id, value, play.remote(trainable, result.config, result.checkpoint.path,
-                                             episodes, seed))
+    pending = [(trial_id, value, result.checkpoint.path,
+                play.remote(trainable, result.config, result.checkpoint.path, episodes, seed))
                for trial_id, value, result in candidates]
     deadline = time.monotonic() + timeout
     evaluations = []
-    for trial_id, value, ref in pending:
+    for trial_id, value, checkpoint, ref in pending:
         try:
             returns = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
         except GetTimeoutError:
@@ -75,7 +76,7 @@ def evaluate(candidates: Sequence[tuple[str, float, Any]], trainable: type, epis
             log.warning("pbtflow: the evaluation of %s failed (%s); it is left out.", trial_id,
                         str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
             continue
-        evaluations.append(Evaluation(trial_id, returns, value))
+        evaluations.append(Evaluation(trial_id, returns, value, checkpoint))
     return sorted(evaluations, key=lambda e: -e.mean)
 
 

@@ -552,9 +552,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
                 parent.log_evaluations(evaluations, tracker.run_ids, metric)
                 parent.deliver("tag", key=names.BEST_BY_TRAINING, value=best_trial)
                 by_training, best = best_trial, evaluations[0]
-                best_trial, value = best.trial_id, best.training_value
-                checkpoint = next(r.checkpoint.path for r in results
-                                  if r.metrics.get("trial_id") == best_trial)
+                best_trial, value, checkpoint = best.trial_id, best.training_value, best.checkpoint
                 log.info("pbtflow: best by evaluation: %s, return %.4g +- %.3g over %d greedy episodes%s",
                          best_trial, best.mean, best.std, len(best.returns),
                          "" if by_training == best_trial else f" (best by training return: {by_training})")

@@ -36,6 +36,14 @@ def rllib_name(trainable: str) -> str | None:
     return {n.lower(): n for n in RLLIB_ALGORITHMS}.get(trainable.lower())
 
 
+# What every RLlib trainable shares: the mean episode return is the metric, a
+# population of 4, and the top 3 members evaluated on 20 fresh episodes.
+RLLIB_COMMON: dict[str, Any] = {
+    "metric": names.RETURN_MEAN, "population": 4, "time_attr": "training_iteration",
+    "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
+    "eval_top": 3, "eval_episodes": 20,
+}
+
 # Experiment settings each trainable brings as its preset; a setting the user
 # leaves unset (None) takes the value here. "custom" is a user's own trainable.
 # Every built-in trainable's metric is maximised.
@@ -43,39 +51,19 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Perturbation every 10 iterations: a PPO return over fewer episodes is
     # mostly noise (every 3 on Pendulum-v1 copied away the known-good member
     # at its 3rd iteration and took 409 s to -300; every 10: 104 s).
-    "ppo": {
-        "env": "CartPole-v1",
-        "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": 450.0,
-        "time_attr": "training_iteration", "perturbation_interval": 10,
-        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
-        "eval_top": 3, "eval_episodes": 20,
-    },
+    "ppo": {**RLLIB_COMMON, "env": "CartPole-v1", "stop_iters": 100, "stop_return": 450.0,
+            "perturbation_interval": 10},
     # An SAC iteration samples 1000 env steps (5 Pendulum episodes) with one
     # update of the batch per step; RLlib's tuned Pendulum SAC reaches -250
     # in about 20k steps.
-    "sac": {
-        "env": "Pendulum-v1",
-        "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 50, "stop_return": None,
-        "time_attr": "training_iteration", "perturbation_interval": 5,
-        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
-        "eval_top": 3, "eval_episodes": 20,
-    },
+    "sac": {**RLLIB_COMMON, "env": "Pendulum-v1", "stop_iters": 50, "stop_return": None,
+            "perturbation_interval": 5},
     # A DQN iteration samples 1000 env steps (RLlib's default).
-    "dqn": {
-        "env": "CartPole-v1",
-        "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": 450.0,
-        "time_attr": "training_iteration", "perturbation_interval": 5,
-        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
-        "eval_top": 3, "eval_episodes": 20,
-    },
+    "dqn": {**RLLIB_COMMON, "env": "CartPole-v1", "stop_iters": 100, "stop_return": 450.0,
+            "perturbation_interval": 5},
     # Any other RLlib algorithm by name.
-    "rllib": {
-        "env": "CartPole-v1",
-        "metric": names.RETURN_MEAN, "population": 4, "stop_iters": 100, "stop_return": None,
-        "time_attr": "training_iteration", "perturbation_interval": 10,
-        "quantile_fraction": 0.25, "resample_probability": 0.25, "synch": False,
-        "eval_top": 3, "eval_episodes": 20,
-    },
+    "rllib": {**RLLIB_COMMON, "env": "CartPole-v1", "stop_iters": 100, "stop_return": None,
+              "perturbation_interval": 10},
     # Ray's PBT function example; each member stops itself when `done`.
     "lr-schedule": {
         "population": 8, "stop_iters": 1000, "stop_return": None, "metric": names.MEAN_ACCURACY,

@@ -41,10 +41,7 @@ DISCRETE = {
 
 PRESETS = {"discrete": DISCRETE}
 
-# --smoke: iterations of 200 env steps, learning from the 64th, small batches.
-SMOKE_INITIAL = {"train_batch_size_per_learner": 16}
-SMOKE_CONSTANTS = {"min_sample_timesteps_per_iteration": 200,
-                   "num_steps_sampled_before_learning_starts": 64, "capacity": 5000}
+SMOKE_INITIAL = {"train_batch_size_per_learner": 16}  # --smoke (and rllib.OFF_POLICY_SMOKE)
 
 LOGGED_METRICS = (
     "learners/default_policy/qf_loss",
@@ -58,11 +55,7 @@ LOGGED_METRICS = (
 def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> None:
     """Keep DQN's settings valid after a mutation (in place): whole batches
     and target-update periods of at least one, a discount below 1."""
-    for key in ("train_batch_size_per_learner", "target_network_update_freq"):
-        if key in config:
-            config[key] = max(1, int(config[key]))
-    if "gamma" in config:
-        config["gamma"] = min(0.9999, float(config["gamma"]))
+    rllib.keep_valid(config, counts=("train_batch_size_per_learner", "target_network_update_freq"))
 
 
 def build(experiment) -> TrainableSpec:
@@ -70,17 +63,10 @@ def build(experiment) -> TrainableSpec:
 
     from pbtflow.trainables.rllib_algorithm import PBTDQN, DQNValues
 
-    smoke = SMOKE_CONSTANTS if experiment.smoke else {}
-    config = (
-        DQNConfig()
-        .training(n_step=(2, 5), double_q=True, dueling=True, epsilon=[(0, 1.0), (10000, 0.02)],
-                  replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer",
-                                        "capacity": smoke.get("capacity", 50000),
-                                        "alpha": 0.6, "beta": 0.4},
-                  num_steps_sampled_before_learning_starts=smoke.get(
-                      "num_steps_sampled_before_learning_starts", 1000))
-        .reporting(min_sample_timesteps_per_iteration=smoke.get("min_sample_timesteps_per_iteration", 1000))
-    )
+    config = DQNConfig().training(n_step=(2, 5), double_q=True, dueling=True,
+                                  epsilon=[(0, 1.0), (10000, 0.02)])
+    config = rllib.off_policy(config, experiment, capacity=50000, learning_starts=1000,
+                              alpha=0.6, beta=0.4)
     return rllib.spec(experiment, config, PRESETS[experiment.preset], trainable=PBTDQN,
                       callback=DQNValues, logged_metrics=LOGGED_METRICS, smoke=SMOKE_INITIAL,
                       repair=repair)

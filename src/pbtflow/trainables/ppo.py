@@ -5,18 +5,12 @@ when a PPO experiment is built."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ray import tune
-from ray.tune.search.sample import Domain
 
-from pbtflow import names
 from pbtflow.trainables import TrainableSpec
-from pbtflow.trainables.rllib import (ENV_RUNNER_METRICS, TIME_METRICS, check_keys, configure,
-                                      no_episode_finished, search_space)
-
-log = logging.getLogger(__name__)
+from pbtflow.trainables.rllib import spec
 
 LR_STEPS = [1e-3, 5e-4, 3e-4, 1e-4, 5e-5, 1e-5]  # adjacent moves under PBT
 
@@ -62,7 +56,7 @@ DISCRETE = {
     },
     "num_envs_per_env_runner": 8,
     "observation_filter": True,
-    "fcnet_activation": "tanh",
+    "model_config": {"fcnet_activation": "tanh"},
 }
 
 # Continuous actions. The known-good start is RLlib's tuned Pendulum example
@@ -105,7 +99,7 @@ CONTINUOUS = {
     },
     "num_envs_per_env_runner": 20,
     "observation_filter": True,
-    "fcnet_activation": "relu",
+    "model_config": {"fcnet_activation": "relu"},
 }
 
 # The cluster reference space, after Ray's tune/examples/pbt_ppo_example.py
@@ -131,7 +125,7 @@ CLUSTER = {
     },
     "num_envs_per_env_runner": 1,
     "observation_filter": False,
-    "fcnet_activation": "tanh",
+    "model_config": {"fcnet_activation": "tanh"},
 }
 
 PRESETS = {"discrete": DISCRETE, "continuous": CONTINUOUS, "cluster": CLUSTER}
@@ -146,7 +140,7 @@ SMOKE_INITIAL = {
 
 # A curated set: one PPO result has ~96 numeric keys and Azure ML's MLflow
 # caps metric names per run, so never log the whole result.
-LOGGED_METRICS = ENV_RUNNER_METRICS + (
+LOGGED_METRICS = (
     "learners/default_policy/policy_loss",
     "learners/default_policy/vf_loss",
     "learners/default_policy/total_loss",
@@ -154,7 +148,7 @@ LOGGED_METRICS = ENV_RUNNER_METRICS + (
     "learners/default_policy/entropy",
     "learners/default_policy/curr_kl_coeff",
     "learners/default_policy/default_optimizer_learning_rate",
-) + TIME_METRICS
+)
 
 
 def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> None:
@@ -177,39 +171,8 @@ def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> No
 
 def build(experiment) -> TrainableSpec:
     from ray.rllib.algorithms.ppo import PPOConfig
-    from pbtflow.trainables.ppo_algorithm import IN_PLACE, PBTPPO, EffectiveValues, reusable
+    from pbtflow.trainables.ppo_algorithm import IN_PLACE, PBTPPO, EffectiveValues
 
-    preset = PRESETS[experiment.preset]
-    initial, points, mutations = search_space(experiment, preset, SMOKE_INITIAL)
-    config = PPOConfig()
-    for source, keys in (("initial", experiment.initial or {}), ("mutations", mutations)):
-        check_keys(config, keys, source)
-    # --smoke samples one env at a time, so that its few small batches still
-    # finish episodes (Pendulum's last 200 steps).
-    envs = experiment.num_envs_per_env_runner or (1 if experiment.smoke
-                                                  else preset["num_envs_per_env_runner"])
-
-    config = configure(config, experiment, envs=envs, observation_filter=preset["observation_filter"],
-                       model_config={"fcnet_activation": preset["fcnet_activation"]})
-    config = config.callbacks(EffectiveValues)
-    param_space = config.to_dict()
-    param_space.update(initial)
-    varying = set(mutations) | {k for p in points for k in p} | {
-        k for k, v in initial.items() if isinstance(v, Domain)}
-    reuse = reusable(varying)
-    if not reuse:
-        log.info("pbtflow: members differ in %s, which a live PPO actor cannot change, so each "
-                 "exploit starts a new actor.", ", ".join(sorted(varying - IN_PLACE)))
-    return TrainableSpec(
-        trainable=PBTPPO,
-        param_space=param_space,
-        metric=names.RETURN_MEAN,
-        mutations=mutations,
-        hyperparameters=tuple(initial),
-        repair=repair,
-        logged_metrics=LOGGED_METRICS,
-        reuse_actors=reuse,
-        points_to_evaluate=points or None,
-        metric_pending=no_episode_finished,
-    )
-
+    return spec(experiment, PPOConfig(), PRESETS[experiment.preset], trainable=PBTPPO,
+                callback=EffectiveValues, logged_metrics=LOGGED_METRICS, smoke=SMOKE_INITIAL,
+                repair=repair, in_place=IN_PLACE)

@@ -49,7 +49,7 @@ class PBTPPO(PPO):
         old, new = self._built_config.to_dict(), config.to_dict()
         changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
         if changed - IN_PLACE:
-            return False  # the spec turns reuse off for such members (see `reusable`)
+            return False  # the spec turns reuse off for such members (rllib.spec)
         config.freeze()
         self.config = self._built_config = config
         self.callbacks = [cls() for cls in _as_list(config.callbacks_class)]
@@ -65,11 +65,6 @@ class PBTPPO(PPO):
         # The optimizer's state carries the donor's learning rate; the member
         # trains with its own from the first update on.
         self.learner_group.foreach_learner(apply_lr)
-
-
-def reusable(varying_keys) -> bool:
-    """Whether members that differ in these config keys can share actors."""
-    return set(varying_keys) <= IN_PLACE
 
 
 def _as_list(value) -> list:

@@ -116,22 +116,33 @@ def check_keys(config, keys, source: str) -> None:
 
 
 def spec(experiment, config, preset: Mapping[str, Any], *, trainable, callback, logged_metrics,
-         smoke: Mapping[str, Any] = {}, repair=None) -> TrainableSpec:
-    """The spec of an RLlib algorithm whose members start a new actor at each
-    exploit (all but PPO): ``config`` is RLlib's config with the preset's
-    constants, ``preset`` its search space, envs per env runner, observation
-    filter and model."""
+         smoke: Mapping[str, Any] = {}, repair=None, in_place: frozenset | None = None) -> TrainableSpec:
+    """The spec of an RLlib algorithm: ``config`` is RLlib's config with the
+    preset's constants, ``preset`` its search space, envs per env runner,
+    observation filter and model; ``in_place`` the config keys a live actor can
+    change (PPO's), so that members differing only in them reuse their actors."""
     initial, points, mutations = search_space(experiment, preset, smoke)
     for source, keys in (("initial", experiment.initial or {}), ("mutations", mutations)):
         check_keys(config, keys, source)
-    config = configure(config, experiment,
-                       envs=experiment.num_envs_per_env_runner or preset.get("num_envs_per_env_runner", 1),
+    # --smoke samples one env at a time, so that its few small batches still
+    # finish episodes (Pendulum's last 200 steps).
+    envs = experiment.num_envs_per_env_runner or (1 if experiment.smoke
+                                                  else preset.get("num_envs_per_env_runner", 1))
+    config = configure(config, experiment, envs=envs,
                        observation_filter=preset.get("observation_filter", False),
                        model_config=preset.get("model_config")).callbacks(callback)
     param_space = config.to_dict()
     param_space.update(initial)
-    log.info("pbtflow: %s members start a new actor at each exploit (only PPO's actor is reset "
-             "in place).", type(config).__name__.removesuffix("Config"))
+    algorithm = type(config).__name__.removesuffix("Config")
+    varying = set(mutations) | {k for p in points for k in p} | {
+        k for k, v in initial.items() if isinstance(v, Domain)}
+    reuse = in_place is not None and varying <= in_place
+    if in_place is None:
+        log.info("pbtflow: %s members start a new actor at each exploit (only PPO's actor is reset "
+                 "in place).", algorithm)
+    elif not reuse:
+        log.info("pbtflow: members differ in %s, which a live %s actor cannot change, so each "
+                 "exploit starts a new actor.", ", ".join(sorted(varying - in_place)), algorithm)
     return TrainableSpec(
         trainable=trainable,
         param_space=param_space,
@@ -140,10 +151,42 @@ def spec(experiment, config, preset: Mapping[str, Any], *, trainable, callback, 
         hyperparameters=tuple(initial),
         repair=repair,
         logged_metrics=ENV_RUNNER_METRICS + tuple(logged_metrics) + TIME_METRICS,
-        reuse_actors=False,
+        reuse_actors=reuse,
         points_to_evaluate=points or None,
         metric_pending=no_episode_finished,
     )
+
+
+# Off-policy algorithms (SAC, DQN) under --smoke: iterations of 200 env steps,
+# learning from the 64th, a small replay buffer.
+OFF_POLICY_SMOKE = {"min_sample_timesteps_per_iteration": 200,
+                    "num_steps_sampled_before_learning_starts": 64, "capacity": 5000}
+
+
+def off_policy(config, experiment, *, capacity: int, learning_starts: int, alpha: float, beta: float):
+    """``config`` (SAC's or DQN's) with a prioritised episode replay buffer,
+    the env steps sampled before learning starts and per iteration; --smoke
+    shrinks all three (``OFF_POLICY_SMOKE``)."""
+    smoke = OFF_POLICY_SMOKE if experiment.smoke else {}
+    return config.training(
+        replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer",
+                              "capacity": smoke.get("capacity", capacity), "alpha": alpha, "beta": beta},
+        num_steps_sampled_before_learning_starts=smoke.get(
+            "num_steps_sampled_before_learning_starts", learning_starts),
+    ).reporting(min_sample_timesteps_per_iteration=smoke.get("min_sample_timesteps_per_iteration", 1000))
+
+
+def keep_valid(config: dict[str, Any], *, counts: tuple[str, ...] = (), rates: tuple[str, ...] = ()) -> None:
+    """Keep mutated settings valid (in place): ``counts`` whole and at least
+    one, ``rates`` in (0, 1], a discount below 1."""
+    for key in counts:
+        if key in config:
+            config[key] = max(1, int(config[key]))
+    for key in rates:
+        if key in config:
+            config[key] = min(1.0, max(1e-6, float(config[key])))
+    if "gamma" in config:
+        config["gamma"] = min(0.9999, float(config["gamma"]))
 
 
 def build(experiment) -> TrainableSpec:

@@ -44,10 +44,7 @@ CONTINUOUS = {
 
 PRESETS = {"continuous": CONTINUOUS}
 
-# --smoke: iterations of 200 env steps, learning from the 64th, small batches.
-SMOKE_INITIAL = {"train_batch_size_per_learner": 32}
-SMOKE_CONSTANTS = {"min_sample_timesteps_per_iteration": 200,
-                   "num_steps_sampled_before_learning_starts": 64, "capacity": 5000}
+SMOKE_INITIAL = {"train_batch_size_per_learner": 32}  # --smoke (and rllib.OFF_POLICY_SMOKE)
 
 LOGGED_METRICS = (
     "learners/default_policy/policy_loss",
@@ -66,12 +63,7 @@ LOGGED_METRICS = (
 def repair(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> None:
     """Keep SAC's settings valid after a mutation (in place): a whole batch of
     at least one, a soft-update rate in (0, 1], a discount below 1."""
-    if "train_batch_size_per_learner" in config:
-        config["train_batch_size_per_learner"] = max(1, int(config["train_batch_size_per_learner"]))
-    if "tau" in config:
-        config["tau"] = min(1.0, max(1e-6, float(config["tau"])))
-    if "gamma" in config:
-        config["gamma"] = min(0.9999, float(config["gamma"]))
+    rllib.keep_valid(config, counts=("train_batch_size_per_learner",), rates=("tau",))
 
 
 def build(experiment) -> TrainableSpec:
@@ -79,19 +71,10 @@ def build(experiment) -> TrainableSpec:
 
     from pbtflow.trainables.rllib_algorithm import PBTSAC, SACValues
 
-    smoke = SMOKE_CONSTANTS if experiment.smoke else {}
-    config = (
-        SACConfig()
-        .training(initial_alpha=1.001, lr=None, target_entropy="auto", n_step=(2, 5),
-                  target_network_update_freq=1,
-                  replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer",
-                                        "capacity": smoke.get("capacity", 100000),
-                                        "alpha": 1.0, "beta": 0.0},
-                  num_steps_sampled_before_learning_starts=smoke.get(
-                      "num_steps_sampled_before_learning_starts", 256))
-        .reporting(metrics_num_episodes_for_smoothing=5,
-                   min_sample_timesteps_per_iteration=smoke.get("min_sample_timesteps_per_iteration", 1000))
-    )
+    config = SACConfig().training(initial_alpha=1.001, lr=None, target_entropy="auto", n_step=(2, 5),
+                                  target_network_update_freq=1)
+    config = rllib.off_policy(config.reporting(metrics_num_episodes_for_smoothing=5), experiment,
+                              capacity=100000, learning_starts=256, alpha=1.0, beta=0.0)
     return rllib.spec(experiment, config, PRESETS[experiment.preset], trainable=PBTSAC,
                       callback=SACValues, logged_metrics=LOGGED_METRICS, smoke=SMOKE_INITIAL,
                       repair=repair)
