@@ -142,7 +142,7 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     import pbtflow
-    from pbtflow import delivery, pbt, retention, tracking, tuning
+    from pbtflow import console, delivery, pbt, retention, tracking, tuning
 
     timers = Timers()
     for owner, name, label in [
@@ -152,7 +152,7 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
         (delivery.Writer, "flush", "MLflow writer (its thread)"),
         (retention.PBTSafeRetention, "on_checkpoint", "retention"),
         (retention.PBTSafeRetention, "on_trial_complete", "retention"),
-        (tuning._Progress, "on_trial_result", "progress"),
+        (console.Progress, "on_trial_result", "progress"),
         (tuning._TrainableWatch, "on_trial_complete", "trainable watch"),
         (tuning._StallWatch, "on_trial_result", "stall watch"),
         (tuning.PopulationStopper, "__call__", "stopper"),

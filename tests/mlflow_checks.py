@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -112,3 +117,43 @@ def assert_record_is_true(client: MlflowClient, parent_run_id: str, results) -> 
     assert sorted((d, c) for d, c, _ in arrows) == sorted(
         (by_index[e["donor"]], by_index[e["target"]]) for e in ray_log)
     return {"exploits": len(ray_log), "members": len(rows)}
+
+
+def assert_policy_plays_as_evaluated(tracking_uri: str, parent_run_id: str, env_id: str,
+                                     registered: str | None = None) -> dict:
+    """The parent run's one logged model is the best member's policy: loaded
+    in a fresh process with mlflow.pyfunc.load_model (from the registry when
+    ``registered`` names it), it gives the same actions for a batch of
+    observations as row by row and on a second call, and its greedy returns on
+    10 fresh episodes agree with the best member's evaluation within the
+    sampling error of both means."""
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    (output,) = parent.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert (model.name, model.source_run_id) == (names.POLICY_MODEL, parent_run_id)
+    uri = f"models:/{model.model_id}"
+    if registered:
+        (version,) = client.search_model_versions(f"name='{registered}'")
+        assert version.source == uri and version.run_id == parent_run_id
+        uri = f"models:/{registered}/{version.version}"
+    best = parent.data.tags[names.BEST_TRIAL]
+    (child,) = [c for c in client.search_runs([parent.info.experiment_id],
+                                              f"tags.`{names.TRIAL_ID}` = '{best}'")
+                if c.data.tags.get(names.PARENT_RUN_ID) == parent_run_id]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+           "MLFLOW_TRACKING_URI": tracking_uri}
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("play_policy.py")), uri, env_id,
+                           "7000", "10"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    played = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The same actions (up to float rounding of a batched matrix product).
+    np.testing.assert_allclose(played["actions"], played["again"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(played["actions"], played["rows"], rtol=1e-5, atol=1e-6)
+    metrics = child.data.metrics
+    mean, std, n = (metrics[names.EVAL_RETURN_MEAN], metrics[names.EVAL_RETURN_STD],
+                    metrics[names.EVAL_EPISODES])
+    returns = np.array(played["returns"])
+    error = np.sqrt(std ** 2 / n + returns.var(ddof=1) / len(returns))
+    assert abs(returns.mean() - mean) <= 4 * error + 0.05 * abs(mean), (played["returns"], mean, std)
+    return played

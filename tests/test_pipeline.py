@@ -15,7 +15,8 @@ from pbtflow import names
 from pbtflow.cli import main
 from pbtflow.experiment import ExperimentError
 from pbtflow.lineage import count_global_log
-from mlflow_checks import assert_nested_runs, assert_record_is_true, runs_by_role
+from mlflow_checks import (assert_nested_runs, assert_policy_plays_as_evaluated, assert_record_is_true,
+                           runs_by_role)
 from conftest import run_entry
 
 METRIC = names.RETURN_MEAN
@@ -28,7 +29,8 @@ def smoke_run(ray_runtime, tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     exp = pbtflow.Experiment(smoke=True, synch=True, seed=0, experiment_name="smoke", eval_episodes=10,
-                             tracking_uri=uri, storage_path=str(root / "results"))
+                             register_model="smoke-policy", tracking_uri=uri,
+                             storage_path=str(root / "results"))
     results = pbtflow.tune(exp)
     return results, MlflowClient(uri), uri
 
@@ -179,6 +181,16 @@ def test_the_evaluation_agrees_with_rllibs_own(smoke_run):
     assert abs(theirs.mean() - mine) <= 4 * error + 0.05 * abs(mine), (theirs.tolist(), mine, spread)
 
 
+def test_the_best_policy_is_an_mlflow_model_that_plays_as_evaluated(smoke_run):
+    """The best member's policy, logged on the parent run and registered under
+    the user's name, loaded in a fresh process from the registry."""
+    _, client, uri = smoke_run
+    parent = [p for p in runs_by_role(client, "smoke")[0] if names.REPLAY_OF not in p.data.tags][0]
+    played = assert_policy_plays_as_evaluated(uri, parent.info.run_id, "CartPole-v1",
+                                              registered="smoke-policy")
+    assert played["dtype"] == "int64" and played["input_shape"] == [-1, 4]
+
+
 def test_report_and_download(smoke_run, tmp_path, capsys):
     results, client, uri = smoke_run
     parents, _ = runs_by_role(client, "smoke")
@@ -190,15 +202,18 @@ def test_report_and_download(smoke_run, tmp_path, capsys):
         assert result.metrics["trial_id"] in out
     assert "best schedule" in out and "FINISHED" in out
     assert "by evaluation" in out and "evaluation return +- std (episodes)" in out
+    (model,) = client.get_run(parents[0].info.run_id).outputs.model_outputs
+    assert f"best policy as an MLflow model: models:/{model.model_id}" in out
     assert any((tmp_path / "best").rglob("*.pkl")) or any((tmp_path / "best").rglob("*.json"))
     assert main(["report", "--experiment", "smoke", "--tracking-uri", uri]) == 0
 
 
 def test_same_against_a_real_mlflow_server(ray_runtime, workdir, mlflow_server):
-    exp = pbtflow.Experiment(smoke=True, seed=1, experiment_name="over-http",
+    exp = pbtflow.Experiment(smoke=True, seed=1, experiment_name="over-http", eval_episodes=10,
                              tracking_uri=mlflow_server)
     results = pbtflow.tune(exp)
-    assert_nested_runs(MlflowClient(mlflow_server), "over-http", results, METRIC)
+    parent, _ = assert_nested_runs(MlflowClient(mlflow_server), "over-http", results, METRIC)
+    assert_policy_plays_as_evaluated(mlflow_server, parent.info.run_id, "CartPole-v1")
     assert not (workdir / "mlflow.db").exists()
     # report and download work over HTTP too
     assert main(["report", "--experiment", "over-http", "--tracking-uri", mlflow_server,

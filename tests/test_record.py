@@ -6,9 +6,11 @@ find differences when there are some."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
+import re
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.utils import flatten_dict
@@ -18,7 +20,8 @@ from pbtflow import names, record_check
 from pbtflow.cli import main
 from pbtflow.trainables.ppo import CONTINUOUS
 from pbtflow.trainables.rllib import no_episode_finished
-from pbtflow.tuning import PopulationStopper, _Progress
+from pbtflow.console import MAX_ROWS, Progress
+from pbtflow.tuning import PopulationStopper
 from mlflow_checks import assert_record_is_true, runs_by_role
 
 
@@ -240,19 +243,94 @@ def test_a_time_attr_never_reported_fails_at_the_first_result():
     assert stopper.error.startswith("time_attr: the trainable never reports 'nonsense'")
 
 
-@pytest.mark.parametrize("mode, best", [("max", "b"), ("min", "a")])
-def test_progress_names_the_best_member_for_the_mode(mode, best, capsys):
-    class Trial:
-        def __init__(self, trial_id):
-            self.trial_id = trial_id
+class _Trial:
+    def __init__(self, trial_id, **config):
+        self.trial_id, self.config = trial_id, config
 
-    class Scheduler:
-        events: list = []
 
-    progress = _Progress("loss", mode, Scheduler(), every_s=0.0)
-    progress.on_trial_result(0, [], Trial("a"), {"loss": 1.0, "training_iteration": 1})
-    progress.on_trial_result(0, [], Trial("b"), {"loss": 5.0, "training_iteration": 1})
-    assert f"best {best}: loss" in capsys.readouterr().out.strip().splitlines()[-1]
+class _Scheduler:
+    def __init__(self):
+        self.events = []
+
+
+def _screen(text: str) -> list[str]:
+    """What a terminal shows after ``text``: lines, with the two escape
+    sequences the table uses (cursor up N lines, clear to the end)."""
+    screen: list[str] = []
+    for part in re.split(r"(\x1b\[\d*[FJ])", text):
+        if part.startswith("\x1b["):
+            if part.endswith("F"):
+                cursor = len(screen) - int(part[2:-1])
+            else:
+                del screen[cursor:]
+        else:
+            screen += part.splitlines()
+    return screen
+
+
+@pytest.mark.parametrize("mode, best", [("max", "member-1"), ("min", "member-0")])
+def test_the_population_table_puts_the_best_member_first_for_the_mode(mode, best):
+    out = io.StringIO()
+    progress = Progress("loss", mode, _Scheduler(), ["lr"], every_s=0.0, stream=out)
+    progress.on_trial_result(0, [], _Trial("a_00000", lr=0.1), {"loss": 1.0, "training_iteration": 1})
+    progress.on_trial_result(0, [], _Trial("a_00001", lr=0.2), {"loss": 5.0, "training_iteration": 3})
+    table = out.getvalue().splitlines()[-3:]
+    assert re.split(r"\s+", table[0]) == ["[pbtflow]", "member", "iter", "loss", "lr", "exploits"]
+    assert table[1].split()[1] == best
+    assert {tuple(line.split()[1:]) for line in table[1:]} == {
+        ("member-0", "1", "1", "0.1", "0"), ("member-1", "3", "5", "0.2", "0")}
+
+
+def test_an_exploit_is_one_line_and_changes_the_members_row():
+    out, scheduler = io.StringIO(), _Scheduler()
+    progress = Progress("acc", "max", scheduler, ["lr", "api_token"], every_s=0.0, stream=out)
+    progress.on_trial_result(0, [], _Trial("a_00000", lr=0.1, api_token="s3cret"), {"acc": 9.0})
+    progress.on_trial_result(0, [], _Trial("a_00001", lr=0.5, api_token="s3cret"), {"acc": 1.0})
+    scheduler.events.append({"trial_id": "a_00001", "donor_id": "a_00000", "time": 4,
+                             "old": {"lr": 0.5, "api_token": "a"}, "new": {"lr": 0.12, "api_token": "b"}})
+    progress.on_trial_result(0, [], _Trial("a_00001", lr=0.12, api_token="s3cret"), {"acc": 9.5})
+    text = out.getvalue()
+    assert "[pbt] member-1 copies member-0 at t=4: lr 0.5 -> 0.12\n" in text
+    assert "s3cret" not in text and "api_token" not in text
+    last = text.splitlines()[-2:]
+    assert last[0].split()[1:] == ["member-1", "-", "9.5", "0.12", "1"]
+    assert last[1].split()[1:] == ["member-0", "-", "9", "0.1", "0"]
+
+
+def test_on_a_terminal_the_table_is_redrawn_in_place_below_the_exploit_lines():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out, scheduler = Terminal(), _Scheduler()
+    progress = Progress("acc", "max", scheduler, ["lr"], every_s=0.0, stream=out)
+    for step in range(3):
+        progress.on_trial_result(0, [], _Trial("a_00000", lr=0.1), {"acc": step, "training_iteration": step})
+        progress.on_trial_result(0, [], _Trial("a_00001", lr=0.5), {"acc": -step, "training_iteration": step})
+    scheduler.events.append({"trial_id": "a_00001", "donor_id": "a_00000", "time": 2,
+                             "old": {"lr": 0.5}, "new": {"lr": 0.12}})
+    progress.every_s = 1e9  # from here, only the exploit redraws the table
+    progress.on_trial_result(0, [], _Trial("a_00001", lr=0.12), {"acc": 3.0, "training_iteration": 3})
+    progress.on_trial_result(0, [], _Trial("a_00000", lr=0.1), {"acc": 2.5, "training_iteration": 3})
+    screen = _screen(out.getvalue())
+    assert screen[0] == "[pbt] member-1 copies member-0 at t=2: lr 0.5 -> 0.12"
+    assert len(screen) == 5 and screen[1].startswith("[pbtflow] 2 members")
+    assert screen[3].split()[1:] == ["member-1", "3", "3", "0.12", "1"]
+    assert screen[4].split()[1:] == ["member-0", "2", "2", "0.1", "0"]  # not redrawn yet
+    progress.on_experiment_end([])
+    screen = _screen(out.getvalue())
+    assert len(screen) == 5 and screen[4].split()[1:] == ["member-0", "3", "2.5", "0.1", "0"]
+
+
+def test_a_large_population_shows_the_best_members_and_counts_the_rest():
+    out = io.StringIO()
+    progress = Progress("acc", "max", _Scheduler(), [], every_s=1e9, stream=out)
+    for index in range(20):
+        progress.on_trial_result(0, [], _Trial(f"a_{index:05d}"), {"acc": float(index)})
+    progress.on_experiment_end([])
+    table = out.getvalue().splitlines()
+    assert len(table) == 2 + MAX_ROWS + 1 and table[-1] == f"[pbtflow] ... and {20 - MAX_ROWS} more"
+    assert [line.split()[1] for line in table[2:-1]] == [f"member-{i}" for i in range(19, 19 - MAX_ROWS, -1)]
 
 
 def test_a_stall_is_reported_with_each_members_state(capsys):

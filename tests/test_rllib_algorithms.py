@@ -21,7 +21,7 @@ from pbtflow.pbt import bounds_of, check_mutations
 from pbtflow.trainables import build, dqn, sac
 from pbtflow.trainables.rllib import OFF_POLICY_SMOKE
 from pbtflow.trainables.rllib_algorithm import PBTDQN, PBTSAC, REPLAY_TIMESTEPS
-from mlflow_checks import assert_record_is_true, runs_by_role
+from mlflow_checks import assert_policy_plays_as_evaluated, assert_record_is_true, runs_by_role
 from preset_checks import explored_configs, rllib_config
 
 
@@ -127,7 +127,7 @@ def test_pbt_on_an_off_policy_algorithm_keeps_a_true_record(ray_runtime, tmp_pat
     member's lineage sampled (RLlib's own lifetime count, restored from the
     donor's checkpoint), where an emptied buffer would hold one iteration's."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = pbtflow.Experiment(trainable=name, smoke=True, synch=True, seed=0,
+    experiment = pbtflow.Experiment(trainable=name, smoke=True, synch=True, seed=0, eval_episodes=10,
                                     experiment_name=name, tracking_uri=uri,
                                     storage_path=str(tmp_path / "results"))
     results = pbtflow.tune(experiment)
@@ -150,3 +150,7 @@ def test_pbt_on_an_off_policy_algorithm_keeps_a_true_record(ray_runtime, tmp_pat
         assert len(buffered) == len(sampled)
         for m in buffered:
             assert m.value == min(capacity, sampled[m.step]), (child.info.run_name, m.step)
+    # The best policy as an MLflow model: Box actions within Pendulum's bounds
+    # (SAC), integer actions (DQN), returns as evaluated.
+    played = assert_policy_plays_as_evaluated(uri, parents[0].info.run_id, ALGORITHMS[name][3])
+    assert played["dtype"] == ("float32" if name == "sac" else "int64")

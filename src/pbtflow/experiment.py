@@ -136,6 +136,10 @@ class Experiment:
         invalid=("-1",))
     eval_episodes: int | None = _opt(None, "Episodes each evaluated member plays (default 20; "
                                      "--smoke: 3).", only="rllib", invalid=("0",))
+    register_model: str | None = _opt(None, "Also register the best member's policy (logged on the "
+                                      "parent run as the MLflow model 'policy') in MLflow's model "
+                                      "registry under this name, a new version each run.",
+                                      only="rllib", invalid=("a/b", ""))
     checkpoint_interval: int | None = _opt(None, "Checkpoint every this many iterations; must divide "
                                            "the perturbation interval (default: equal to it).",
         invalid=("0", "3"))
@@ -263,6 +267,9 @@ class Experiment:
         _check(self.run_name is None or bool(_RUN_NAME.match(self.run_name)), "run_name",
                f"must be letters, digits, '.', '_' or '-' (it names a folder), but got "
                f"run_name={self.run_name!r}")
+        _check(self.register_model is None or bool(_RUN_NAME.match(self.register_model)),
+               "register_model", f"must be letters, digits, '.', '_' or '-', but got "
+               f"register_model={self.register_model!r}")
         _check(self.stall_timeout is None or self.stall_timeout > 0, "stall_timeout",
                f"must be a positive number of seconds, but got stall_timeout={self.stall_timeout}; "
                "leave it out to only report a stall")

@@ -42,3 +42,4 @@ EVENTS_FILE = "pbt_events.json"  # child run: its exploits
 LINEAGE_FILE = "lineage.json"  # parent run: every member's exploits
 SCHEDULE_FILE = "best_schedule.json"  # parent run: what the best member trained with
 LEADERBOARD_FILE = "eval_leaderboard.json"  # parent run: the evaluated members (an MLflow table)
+POLICY_MODEL = "policy"  # parent run's logged MLflow model: the best member's greedy policy

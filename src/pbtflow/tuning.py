@@ -27,8 +27,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.logger import CSVLoggerCallback
 from ray.tune.utils import flatten_dict
 
-from pbtflow import (baselines, credentials, delivery, evaluation, lineage, names, ray_internals,
-                     record_check, tracking, trainables)
+from pbtflow import (baselines, console, credentials, delivery, evaluation, lineage, names, policy,
+                     ray_internals, record_check, tracking, trainables)
 from pbtflow.experiment import ClusterError, Experiment, ExperimentError, SettingError, TrackingError
 from pbtflow.pbt import Recording, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
@@ -37,34 +37,6 @@ from pbtflow.trainables.function import load as load_users_function
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "pbtflow_results"
 KEEP_CHECKPOINTS = 2  # per trial, besides those PBT may still restore from (see retention.py)
-
-
-class _Progress(ray_tune.Callback):
-    """One short line per reported result of the best member, and one per exploit,
-    instead of Tune's full tables."""
-
-    def __init__(self, metric: str, mode: str, scheduler: Any, every_s: float = 10.0) -> None:
-        self.metric, self.mode, self.scheduler, self.every_s = metric, mode, scheduler, every_s
-        self._last_print, self._events_seen, self._best = 0.0, 0, {}
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = tracking.as_number(flatten_dict(dict(result), delimiter="/").get(self.metric))
-        if value is not None:
-            self._best[trial.trial_id] = (value, result.get(names.TRAINING_ITERATION))
-        for event in self.scheduler.events[self._events_seen:]:
-            changed = ", ".join(f"{k} {event['old'][k]:.4g} -> {event['new'][k]:.4g}"
-                                for k in event["new"]
-                                if isinstance(event["new"][k], (int, float)) and not credentials.is_secret(k)
-                                and event["new"][k] != event["old"].get(k))
-            print(f"[pbt] {event['trial_id']} copies {event['donor_id']} at "
-                  f"t={event['time']:g}: {changed or 'no change'}", flush=True)
-        self._events_seen = len(self.scheduler.events)
-        if time.time() - self._last_print >= self.every_s and self._best:
-            self._last_print = time.time()
-            pick = max if self.mode == "max" else min
-            best_id, (best, it) = pick(self._best.items(), key=lambda kv: kv[1][0])
-            print(f"[pbtflow] {len(trials)} trials, best {best_id}: {self.metric} = {best:.2f} "
-                  f"at iteration {it}", flush=True)
 
 
 class _Population(BasicVariantGenerator):
@@ -567,11 +539,30 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
         except Exception as exc:  # MLflow away at the very end: the results are on disk
             log.warning("pbtflow: could not log the summary to MLflow (%s); the results stay in %s.",
                         exc, experiment_path)
+        if experiment.is_rllib and checkpoint:
+            _log_policy(experiment, parent, checkpoint)
         if replay is None:
             _check_record(parent, experiment_path)
         log.info("best trial %s: %s = %s", best_trial or "-", metric, value)
         log.info("MLflow parent run %s: %s", parent.run_id, parent.where())
     return results
+
+
+def _log_policy(experiment: Experiment, parent: tracking.ParentRun, checkpoint: str) -> None:
+    """The best member's policy as the parent run's MLflow model (and a
+    registered version when asked); a failure leaves the record as it is."""
+    try:
+        info = policy.log_policy(parent.client.tracking_uri, parent.run_id, checkpoint, experiment.env,
+                                 evaluation.evaluation_seed(experiment.seed), experiment.register_model)
+    except Exception as exc:
+        log.warning("pbtflow: could not log the best policy as an MLflow model (%s: %s); its "
+                    "checkpoint stays in %s.", type(exc).__name__, exc, checkpoint)
+        return
+    if info is not None:
+        registered = (f", registered as {experiment.register_model!r} version "
+                      f"{info.registered_model_version}" if experiment.register_model else "")
+        log.info("pbtflow: the best policy is the MLflow model %s%s; load it with "
+                 "mlflow.pyfunc.load_model(%r).", info.model_uri, registered, info.model_uri)
 
 
 def _ranked(results: ResultGrid, metric: str, mode: str) -> list[tuple[float, Any]]:
@@ -667,13 +658,14 @@ def _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent, 
             name=run_name,
             storage_path=str(storage),
             stop=stopper,
-            callbacks=[tracker, _Progress(metric, experiment.mode, scheduler), CSVLoggerCallback(),
+            callbacks=[tracker, console.Progress(metric, experiment.mode, scheduler, mutated),
+                       CSVLoggerCallback(),
                        _TrainableWatch(stopper, experiment.trainable),
                        _StallWatch(experiment.stall_timeout),
                        PBTSafeRetention(keep=KEEP_CHECKPOINTS, scheduler=scheduler)],
             checkpoint_config=_checkpoint_config(experiment, spec),
             failure_config=ray_tune.FailureConfig(max_failures=experiment.max_failures),
-            verbose=0,  # _Progress prints a compact summary instead
+            verbose=0,  # console.Progress prints a compact table instead
         ),
     )
 
