@@ -142,7 +142,7 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     import pbtflow
-    from pbtflow import console, delivery, pbt, retention, tracking, tuning
+    from pbtflow import console, delivery, pbt, retention, runs, tracking, tuning
 
     timers = Timers()
     for owner, name, label in [
@@ -162,17 +162,17 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
         (BasicVariantGenerator, "next_trial", "population generator"),
         (BasicVariantGenerator, "on_trial_complete", "population generator"),
         (pbtflow, "tune", "pbtflow.tune (all of it)"),
-        (tracking, "check_reachable", "start: tracking check"),
-        (tracking, "_experiment_id", "start: MLflow store and experiment"),
-        (tracking.ParentRun, "end", "end: parent run"),
+        (runs, "check_reachable", "start: tracking check"),
+        (runs, "_experiment_id", "start: MLflow store and experiment"),
+        (runs.ParentRun, "end", "end: parent run"),
         (tuning, "_check_storage", "start: storage check"),
         (tuning, "_init_ray", "start: Ray (already up)"),
-        (tracking.ParentRun, "log_experiment", "start: parent run"),
+        (runs.ParentRun, "log_experiment", "start: parent run"),
         (tuning, "_new_tuner", "start: build tuner"),
         (ray_tune.Tuner, "fit", "Tuner.fit"),
         (tracking.TrialTracker, "close", "end: final flush"),
-        (tracking.ParentRun, "log_best", "end: best, lineage"),
-        (tracking, "log_lineage", "end: best, lineage"),
+        (runs.ParentRun, "log_best", "end: best, lineage"),
+        (runs, "log_lineage", "end: best, lineage"),
         (tuning, "_log_plots", "end: pictures"),
         (tuning, "_check_record", "end: record check"),
     ]:

@@ -124,7 +124,8 @@ def assert_policy_plays_as_evaluated(tracking_uri: str, parent_run_id: str, env_
     """The parent run's one logged model is the best member's policy: loaded
     in a fresh process with mlflow.pyfunc.load_model (from the registry when
     ``registered`` names it), it gives the same actions for a batch of
-    observations as row by row and on a second call, and its greedy returns on
+    observations as row by row and after extreme observations, without
+    importing pbtflow, and its greedy returns on
     10 fresh episodes agree with the best member's evaluation within the
     sampling error of both means."""
     client = MlflowClient(tracking_uri)
@@ -147,7 +148,9 @@ def assert_policy_plays_as_evaluated(tracking_uri: str, parent_run_id: str, env_
                            "7000", "10"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     played = json.loads(proc.stdout.strip().splitlines()[-1])
-    # The same actions (up to float rounding of a batched matrix product).
+    assert not played["pbtflow_imported"]  # the model needs RLlib, not pbtflow
+    # The same actions (up to float rounding of a batched matrix product),
+    # also after extreme observations (the observation filter is frozen).
     np.testing.assert_allclose(played["actions"], played["again"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(played["actions"], played["rows"], rtol=1e-5, atol=1e-6)
     metrics = child.data.metrics

@@ -147,7 +147,7 @@ def test_errors_say_their_kind():
     import socket
 
     from pbtflow import ClusterError, SettingError, TrackingError
-    from pbtflow.tracking import check_reachable
+    from pbtflow.runs import check_reachable
     from pbtflow.tuning import _check_resources
 
     with pytest.raises(SettingError, match="^population: "):

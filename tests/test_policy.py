@@ -59,3 +59,16 @@ def test_the_tracking_uri_is_put_back_as_it_was(variable, process_wide, monkeypa
     if not variable:
         monkeypatch.chdir(tmp_path.parent)
         assert mlflow.get_tracking_uri() != before
+
+
+def test_a_checkpoint_without_an_rllib_policy_logs_no_model(tmp_path):
+    from mlflow import MlflowClient
+
+    from pbtflow.policy import log_policy
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("x", str(tmp_path / "artifacts")))
+    (tmp_path / "checkpoint" / "env_runner").mkdir(parents=True)  # a function trainable's, say
+    assert log_policy(uri, run.info.run_id, str(tmp_path / "checkpoint"), "CartPole-v1", 0) is None
+    assert not client.get_run(run.info.run_id).outputs.model_outputs

@@ -322,13 +322,50 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_below_the_exploit_lines():
     assert len(screen) == 5 and screen[4].split()[1:] == ["member-0", "3", "2.5", "0.1", "0"]
 
 
+def test_a_log_line_between_two_tables_is_not_drawn_over(monkeypatch):
+    """A warning printed below the table stays on screen: the next table goes
+    below it; rows wider than the terminal are cut, not wrapped."""
+    import logging
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(out)
+    root.addHandler(handler)
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: os.terminal_size((40, 24)))
+    progress = Progress("acc", "max", _Scheduler(), ["a_rather_long_hyperparameter_name"], every_s=0.0,
+                        stream=out)
+    try:
+        progress.setup()
+        progress.on_trial_result(0, [], _Trial("a_00000", a_rather_long_hyperparameter_name=1.0),
+                                 {"acc": 1.0, "training_iteration": 1})
+        logging.getLogger("pbtflow.test").warning("pbtflow: a warning that matters")
+        progress.on_trial_result(0, [], _Trial("a_00000", a_rather_long_hyperparameter_name=1.0),
+                                 {"acc": 2.0, "training_iteration": 2})
+        progress.on_trial_result(0, [], _Trial("a_00000", a_rather_long_hyperparameter_name=1.0),
+                                 {"acc": 3.0, "training_iteration": 3})
+    finally:
+        progress.on_experiment_end([])
+        root.removeHandler(handler)
+    screen = _screen(out.getvalue())
+    assert screen.count("pbtflow: a warning that matters") == 1
+    below = screen[screen.index("pbtflow: a warning that matters") + 1:]
+    assert len(below) == 3 and below[2].split()[1:4] == ["member-0", "3", "3"]
+    assert all(len(line) <= 39 for line in screen)
+    assert progress._printed not in root.handlers
+
+
 def test_a_large_population_shows_the_best_members_and_counts_the_rest():
     out = io.StringIO()
     progress = Progress("acc", "max", _Scheduler(), [], every_s=1e9, stream=out)
     for index in range(20):
         progress.on_trial_result(0, [], _Trial(f"a_{index:05d}"), {"acc": float(index)})
     progress.on_experiment_end([])
-    table = out.getvalue().splitlines()
+    lines = out.getvalue().splitlines()
+    table = lines[max(i for i, line in enumerate(lines) if line.startswith("[pbtflow] 20 members")):]
     assert len(table) == 2 + MAX_ROWS + 1 and table[-1] == f"[pbtflow] ... and {20 - MAX_ROWS} more"
     assert [line.split()[1] for line in table[2:-1]] == [f"member-{i}" for i in range(19, 19 - MAX_ROWS, -1)]
 

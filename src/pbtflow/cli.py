@@ -206,7 +206,7 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 def _run_report(args: argparse.Namespace) -> int:
     from pbtflow.report import format_report
-    from pbtflow.tracking import download_best_checkpoint, load_experiment_record
+    from pbtflow.records import download_best_checkpoint, load_experiment_record
 
     record = load_experiment_record(args.tracking_uri, args.run_id, args.experiment)
     print(format_report(record))
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _run_check(args)
         if args.command == "sync":
-            from pbtflow.tracking import sync
+            from pbtflow.runs import sync
 
             rows, ended = sync(args.file)
             print(f"pbtflow: uploaded {rows} metric rows and {ended} run endings.")
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pbtflow: interrupted.", file=sys.stderr)
         return 130
     except Exception as exc:
-        from pbtflow.tracking import TuningInterrupted
+        from pbtflow.runs import TuningInterrupted
 
         if isinstance(exc, TuningInterrupted):
             command = ("python src/tune_ppo.py" if Path(sys.argv[0]).name == "tune_ppo.py"

@@ -5,6 +5,8 @@ logs), and one line per exploit."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
 import time
 from collections import Counter
@@ -33,16 +35,31 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
+class _Printed(logging.Handler):
+    """Tells the table that a log line went to the console below it, so that
+    the next table is printed below that line instead of over it."""
+
+    def __init__(self, progress: "Progress") -> None:
+        super().__init__()
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.progress._drawn = 0
+
+
 class Progress(ray_tune.Callback):
     """The population table every ``every_s`` seconds (and after each
-    exploit on a terminal), and one ``[pbt]`` line per exploit."""
+    exploit on a terminal), and one ``[pbt]`` line per exploit. ``redraw``:
+    redraw the table in place on a terminal (off when Ray forwards worker
+    output to the console, which would land inside the table)."""
 
     def __init__(self, metric: str, mode: str, scheduler: Any, mutated: list[str],
-                 every_s: float = 10.0, stream: TextIO | None = None) -> None:
+                 every_s: float = 10.0, stream: TextIO | None = None, redraw: bool = True) -> None:
         self.metric, self.mode, self.scheduler, self.every_s = metric, mode, scheduler, every_s
         self.shown = [k for k in mutated if not credentials.is_secret(k)]
-        self.stream = stream
-        self._last_draw, self._events_seen, self._drawn = 0.0, 0, 0
+        self.stream, self.redraw = stream, redraw
+        self._last_draw, self._events_seen, self._drawn = float("-inf"), 0, 0
+        self._printed = _Printed(self)
         self._rows: dict[str, tuple[Any, float | None, dict[str, Any]]] = {}
         self._exploits: Counter = Counter()
         self._start = time.monotonic()
@@ -52,7 +69,16 @@ class Progress(ray_tune.Callback):
         return self.stream or sys.stdout
 
     def _terminal(self) -> bool:
-        return bool(getattr(self._out, "isatty", lambda: False)())
+        return self.redraw and bool(getattr(self._out, "isatty", lambda: False)())
+
+    # Log lines from pbtflow (via the root logger) and from Ray's own logger.
+    _WATCHED = ("", "ray")
+
+    def setup(self, **info):
+        for name in self._WATCHED:
+            logger = logging.getLogger(name)
+            if logger.handlers:  # (a handler on a bare root would mute logging's last resort)
+                logger.addHandler(self._printed)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = tracking.as_number(flatten_dict(dict(result), delimiter="/").get(self.metric))
@@ -74,9 +100,20 @@ class Progress(ray_tune.Callback):
             self._draw(lines, table=due or (self._terminal() and self._drawn > 0))
 
     def on_experiment_end(self, trials, **info):
+        for name in self._WATCHED:
+            logging.getLogger(name).removeHandler(self._printed)
         if self._rows:
             self._draw([], table=True)
             self._drawn = 0  # what follows is printed below the last table
+
+    def __getstate__(self) -> dict:  # saved with Tune's experiment state: no handler
+        state = dict(self.__dict__)
+        state.pop("_printed", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._printed = _Printed(self)
 
     @staticmethod
     def _name(trial_id: str) -> str:
@@ -94,8 +131,9 @@ class Progress(ray_tune.Callback):
                 for t in order[:MAX_ROWS]]
         widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
         elapsed = time.monotonic() - self._start
-        exploits = self._exploits.total()
-        lines = [f"{len(self._rows)} members, {elapsed:.0f} s, {exploits} exploit{'' if exploits == 1 else 's'}"]
+        members, exploits = len(self._rows), self._exploits.total()
+        lines = [f"{members} member{'' if members == 1 else 's'}, {elapsed:.0f} s, "
+                 f"{exploits} exploit{'' if exploits == 1 else 's'}"]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + body]
         if len(order) > MAX_ROWS:
             lines.append(f"... and {len(order) - MAX_ROWS} more")
@@ -110,6 +148,9 @@ class Progress(ray_tune.Callback):
         text += "".join(line + "\n" for line in lines)
         if table:
             rows = self.table()
+            if terminal:  # a wrapped row would take two lines the redraw does not count
+                width = max(20, shutil.get_terminal_size((200, 24)).columns - 1)
+                rows = [row[:width] for row in rows]
             text += "".join(line + "\n" for line in rows)
             self._drawn = len(rows) if terminal else 0
             self._last_draw = time.monotonic()

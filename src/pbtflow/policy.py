@@ -119,16 +119,41 @@ def log_policy(tracking_uri: str, run_id: str, checkpoint: str, env_id: str, see
         staged = Path(tmp, "policy")
         for part in PARTS:
             shutil.copytree(Path(checkpoint, *part), staged.joinpath(*part))
-        # MLflow prints the registration to stderr; it goes to MLflow's logger
-        # instead (shown with --verbose), pbtflow says it in its own line.
+        # MLflow prints progress bars and the registration to stderr; pbtflow
+        # says what matters in its own line (MLflow's words go to its logger,
+        # shown with --verbose, warnings and errors as warnings).
         printed = io.StringIO()
         try:
             with _tracking_uri(tracking_uri), contextlib.redirect_stderr(printed):
-                return Model.log(None, name=names.POLICY_MODEL, flavor=mlflow.pyfunc, run_id=run_id,
+                info = Model.log(None, name=names.POLICY_MODEL, flavor=mlflow.pyfunc, run_id=run_id,
                                  python_model=str(MODEL_CODE), artifacts={"policy": str(staged)},
                                  signature=signature, input_example=example,
-                                 pip_requirements=requirements(), registered_model_name=register_as,
-                                 model_type="rl-policy")
+                                 pip_requirements=requirements(), model_type="rl-policy")
+                # MLflow only warns when the input example fails: load the
+                # logged model back and check what it predicts.
+                _check_predictions(mlflow.pyfunc.load_model(info.model_uri), example, signature)
+                if register_as:
+                    version = mlflow.register_model(info.model_uri, register_as)
+                    info.registered_model_version = version.version
+            return info
         finally:
-            if printed.getvalue().strip():
-                logging.getLogger("mlflow.models").info(printed.getvalue().strip())
+            _forward(printed.getvalue())
+
+
+def _check_predictions(model, example: np.ndarray, signature) -> None:
+    (expected,) = signature.outputs.inputs
+    actions = np.asarray(model.predict(example))
+    if actions.shape != (len(example), *expected.shape[1:]) or actions.dtype != expected.type:
+        raise ValueError(f"the logged model predicts {actions.dtype} {actions.shape} for "
+                         f"{len(example)} observations, not {expected.type} (-1, "
+                         f"{', '.join(map(str, expected.shape[1:]))})")
+
+
+def _forward(printed: str) -> None:
+    """What MLflow printed while logging, to its logger: lines that warn or
+    fail as warnings, the rest as information."""
+    logger = logging.getLogger("mlflow.models")
+    for line in printed.splitlines():
+        if line.strip():
+            loud = any(word in line for word in ("WARNING", "ERROR", "Failed", "Traceback"))
+            logger.log(logging.WARNING if loud else logging.INFO, line.strip())

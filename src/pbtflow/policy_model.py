@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from gymnasium.spaces import Discrete
 
 # The checkpoint's parts the model holds, as RLlib lays them out.
 ENV_TO_MODULE = ("env_runner", "env_to_module_connector")
@@ -57,8 +58,11 @@ class Policy(mlflow.pyfunc.PythonModel):
             output = self.module.forward_inference(batch)
         to_env = self.module_to_env(batch=output, episodes=episodes, rl_module=self.module,
                                     explore=False, shared_data=shared)
-        actions = to_env.get(Columns.ACTIONS_FOR_ENV, to_env[Columns.ACTIONS])
-        dtype = np.int64 if self.action_space.shape == () else self.action_space.dtype
+        if Columns.ACTIONS_FOR_ENV in to_env:  # unsquashed into a Box's bounds
+            actions = to_env[Columns.ACTIONS_FOR_ENV]
+        else:
+            actions = to_env[Columns.ACTIONS]
+        dtype = np.int64 if isinstance(self.action_space, Discrete) else self.action_space.dtype
         return np.asarray(actions, dtype=dtype).reshape((len(observations),) + self.action_space.shape)
 
 

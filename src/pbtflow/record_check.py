@@ -183,10 +183,10 @@ def check(tracking_uri: str | None, run_id: str, experiment_path: str | None = N
     """Reconcile the MLflow record of parent run ``run_id`` with Ray's PBT log
     in ``experiment_path`` (default: the folder the run recorded), tag the
     parent with the outcome and return the differences."""
-    from pbtflow import tracking
+    from pbtflow import records, runs
 
-    record = tracking.load_trial_records(tracking_uri, run_id)
-    tracking.end_orphans(record["client"], run_id)  # a driver killed hard left them RUNNING
+    record = records.load_trial_records(tracking_uri, run_id)
+    runs.end_orphans(record["client"], run_id)  # a driver killed hard left them RUNNING
     path = experiment_path or record["experiment_path"]
     if not path or not Path(path).is_dir():
         differences = [f"Ray's experiment folder {path!r} is not there to check against; pass "
@@ -198,5 +198,5 @@ def check(tracking_uri: str | None, run_id: str, experiment_path: str | None = N
                     {tid: lineage.read_ray_policy(path, tid) for tid in record["trials"]})
         differences = compare(record["trials"], record["mutated"], lineage.read_ray_log(path),
                               policies)
-    tracking.tag_record_check(record["client"], run_id, summary(differences))
+    records.tag_record_check(record["client"], run_id, summary(differences))
     return differences

@@ -45,9 +45,8 @@ def format_report(record: Mapping[str, Any]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    outputs = getattr(parent, "outputs", None)
-    for output in (outputs.model_outputs if outputs and outputs.model_outputs else []):
-        lines += ["", f"best policy as an MLflow model: models:/{output.model_id} "
+    for model_id in record.get("policy_models", []):
+        lines += ["", f"best policy as an MLflow model: models:/{model_id} "
                       "(mlflow.pyfunc.load_model; observations in, actions out)"]
     schedule = record.get("best_schedule")
     if schedule:

@@ -28,7 +28,7 @@ from ray.tune.logger import CSVLoggerCallback
 from ray.tune.utils import flatten_dict
 
 from pbtflow import (baselines, console, credentials, delivery, evaluation, lineage, names, policy,
-                     ray_internals, record_check, tracking, trainables)
+                     ray_internals, record_check, records, runs, tracking, trainables)
 from pbtflow.experiment import ClusterError, Experiment, ExperimentError, SettingError, TrackingError
 from pbtflow.pbt import Recording, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
@@ -458,7 +458,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
     # before Ray starts, and on a trial larger than the cluster before a
     # parent run is opened.
     _check_storage(storage)
-    tracking.check_reachable(tracking.resolve_tracking_uri(experiment))
+    runs.check_reachable(runs.resolve_tracking_uri(experiment))
     if ray.is_initialized():  # a Ray already running in this process: ask it
         _check_resources(experiment)
     elif not _joins_cluster():  # Ray would start on this machine
@@ -467,7 +467,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
     ray_internals.check_version()
     _check_resources(experiment)
     # The parent run is named as Ray's experiment folder: one name for both.
-    with tracking.parent_run(experiment, resume["parent_run_id"] if resume else None,
+    with runs.parent_run(experiment, resume["parent_run_id"] if resume else None,
                              run_name=experiment_path.name) as parent:
         parent.spill_path = experiment_path / delivery.SPILL_FILE
         if resume is None:
@@ -479,7 +479,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
             if replay is not None:
                 parent.client.set_tag(parent.run_id, names.REPLAY_OF, replay["parent_run_id"])
             tuner = _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent,
-                               storage, run_name)
+                               storage, run_name, redraw=not worker_logs)
             experiment_path.mkdir(parents=True, exist_ok=True)
             _save_resume_state(experiment, parent.run_id, experiment_path)
         else:
@@ -513,7 +513,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
                 r.metrics.get("trial_id") for r in results
                 if r.error is None and r.metrics and not r.metrics.get("done")
                 and r.metrics.get(names.TRAINING_ITERATION, 0) < experiment.stop_iters])
-            raise tracking.TuningInterrupted(experiment_path)
+            raise runs.TuningInterrupted(experiment_path)
         if results.num_errors == len(results):
             raise RuntimeError(f"every trial failed; first error: {results.errors[0]}")
         best_trial, value, checkpoint = _best(results, metric, experiment.mode)
@@ -531,16 +531,16 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
             if best_trial:
                 parent.log_best(best_trial, metric, value, tracker.last_config(best_trial))
             lineage_record = lineage.build_lineage(events, tracker.initial)
-            tracking.log_lineage(parent, lineage_record,
-                                 lineage.best_schedule(events, tracker.initial, best_trial),
-                                 checkpoint if experiment.upload_checkpoint else None)
+            runs.log_lineage(parent, lineage_record,
+                             lineage.best_schedule(events, tracker.initial, best_trial),
+                             checkpoint if experiment.upload_checkpoint else None)
             _log_plots(experiment, results, lineage_record, experiment_path, parent,
                        tracker.hp_history, tracker.mutated)
+            if experiment.is_rllib and checkpoint:
+                _log_policy(experiment, parent, checkpoint)
         except Exception as exc:  # MLflow away at the very end: the results are on disk
             log.warning("pbtflow: could not log the summary to MLflow (%s); the results stay in %s.",
                         exc, experiment_path)
-        if experiment.is_rllib and checkpoint:
-            _log_policy(experiment, parent, checkpoint)
         if replay is None:
             _check_record(parent, experiment_path)
         log.info("best trial %s: %s = %s", best_trial or "-", metric, value)
@@ -548,7 +548,7 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
     return results
 
 
-def _log_policy(experiment: Experiment, parent: tracking.ParentRun, checkpoint: str) -> None:
+def _log_policy(experiment: Experiment, parent: runs.ParentRun, checkpoint: str) -> None:
     """The best member's policy as the parent run's MLflow model (and a
     registered version when asked); a failure leaves the record as it is."""
     try:
@@ -617,7 +617,7 @@ def _evaluate(experiment: Experiment, spec, results: ResultGrid, metric: str,
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_record(parent: tracking.ParentRun, experiment_path: Path) -> list[str] | None:
+def _check_record(parent: runs.ParentRun, experiment_path: Path) -> list[str] | None:
     """Reconcile the MLflow record with Ray's PBT log and tag the parent run;
     a differing record is a loud warning, the run itself stands."""
     try:
@@ -636,7 +636,7 @@ def _check_record(parent: tracking.ParentRun, experiment_path: Path) -> list[str
 
 
 def _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent, storage,
-               run_name) -> ray_tune.Tuner:
+               run_name, redraw: bool = True) -> ray_tune.Tuner:
     tracker = tracking.TrialTracker(parent.client, parent.experiment_id, parent.run_id,
                                     mutated, constants, spec.logged_metrics, scheduler,
                                     experiment.time_attr)
@@ -658,7 +658,8 @@ def _new_tuner(experiment, spec, scheduler, metric, mutated, constants, parent, 
             name=run_name,
             storage_path=str(storage),
             stop=stopper,
-            callbacks=[tracker, console.Progress(metric, experiment.mode, scheduler, mutated),
+            callbacks=[tracker, console.Progress(metric, experiment.mode, scheduler, mutated,
+                                                 redraw=redraw),
                        CSVLoggerCallback(),
                        _TrainableWatch(stopper, experiment.trainable),
                        _StallWatch(experiment.stall_timeout),
@@ -740,7 +741,7 @@ def _checkpoint_config(experiment: Experiment, spec: trainables.TrainableSpec) -
 
 
 def _log_plots(experiment: Experiment, results: ResultGrid, lineage_record: Mapping[str, Any],
-               experiment_path: Path, parent: tracking.ParentRun, schedules: Mapping[str, Any],
+               experiment_path: Path, parent: runs.ParentRun, schedules: Mapping[str, Any],
                mutated: list[str]) -> None:
     """Pictures of the run next to its results and in the parent run; a failure
     here only warns, the run itself is recorded already."""
@@ -764,7 +765,7 @@ def replay(run_id: str, tracking_uri: str | None = None) -> tuple[ResultGrid, fl
     final metric and the original best."""
     import yaml
 
-    record = tracking.load_experiment_record(tracking_uri, run_id)
+    record = records.load_experiment_record(tracking_uri, run_id)
     parent, metric = record["parent"], record["metric"]
     if not record["best_schedule"]:
         raise TrackingError(f"run_id: {run_id} has no best_schedule.json; replay needs a parent "
@@ -773,9 +774,9 @@ def replay(run_id: str, tracking_uri: str | None = None) -> tuple[ResultGrid, fl
     best_child = next(c for c in record["children"] if c.data.tags.get(names.TRIAL_ID) == best_id)
     steps = int(best_child.data.metrics.get(names.TRAINING_ITERATION, 1))
     with tempfile.TemporaryDirectory() as tmp:
-        settings = yaml.safe_load(Path(tracking.download_artifact(
+        settings = yaml.safe_load(Path(records.download_artifact(
             record, names.EXPERIMENT_FILE, tmp)).read_text())
-        schedule_file = tracking.download_artifact(record, names.SCHEDULE_FILE, tmp)
+        schedule_file = records.download_artifact(record, names.SCHEDULE_FILE, tmp)
         settings.update(stop_iters=steps, stop_return=float("inf"), resume=None,
                         tracking_uri=tracking_uri or settings.get("tracking_uri"))
         experiment = Experiment(**settings)
