@@ -13,7 +13,6 @@ from collections import Counter
 from typing import Any, TextIO
 
 from ray import tune as ray_tune
-from ray.tune.utils import flatten_dict
 
 from pbtflow import credentials, names, tracking
 from pbtflow.lineage import trial_index
@@ -81,7 +80,7 @@ class Progress(ray_tune.Callback):
                 logger.addHandler(self._printed)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = tracking.as_number(flatten_dict(dict(result), delimiter="/").get(self.metric))
+        value = tracking.as_number(tracking.flat_result(result).get(self.metric))
         previous = self._rows.get(trial.trial_id, (None, None, {}))[1]
         self._rows[trial.trial_id] = (result.get(names.TRAINING_ITERATION),
                                       value if value is not None else previous,

@@ -60,10 +60,16 @@ def signature_and_example(env_id: str, seed: int):
     return signature, example.astype(observations.dtype)
 
 
-def _stateful(module_dir: Path) -> bool:
-    from ray.rllib.core.rl_module.rl_module import RLModule
+def _load(staged: Path):
+    """The model as MLflow will run it: ``policy_model.py``'s Policy loaded
+    from the staged parts."""
+    import runpy
 
-    return bool(RLModule.from_checkpoint(str(module_dir)).is_stateful())
+    from mlflow.pyfunc import PythonModelContext
+
+    model = runpy.run_path(str(MODEL_CODE))["Policy"]()
+    model.load_context(PythonModelContext(artifacts={"policy": str(staged)}, model_config=None))
+    return model
 
 
 @contextlib.contextmanager
@@ -104,11 +110,6 @@ def log_policy(tracking_uri: str, run_id: str, checkpoint: str, env_id: str, see
         log.info("pbtflow: the best checkpoint has no %s, so its policy is not logged as an MLflow "
                  "model.", ", ".join(missing))
         return None
-    if _stateful(Path(checkpoint, *PARTS[2])):
-        log.info("pbtflow: the best member's policy keeps a state between steps (a recurrent "
-                 "model), which a model taking one batch of observations cannot carry, so it is "
-                 "not logged as an MLflow model.")
-        return None
     described = signature_and_example(env_id, seed)
     if described is None:
         log.info("pbtflow: %s's observations are not a Box (or its actions neither a Box nor "
@@ -119,41 +120,36 @@ def log_policy(tracking_uri: str, run_id: str, checkpoint: str, env_id: str, see
         staged = Path(tmp, "policy")
         for part in PARTS:
             shutil.copytree(Path(checkpoint, *part), staged.joinpath(*part))
-        # MLflow prints progress bars and the registration to stderr; pbtflow
-        # says what matters in its own line (MLflow's words go to its logger,
-        # shown with --verbose, warnings and errors as warnings).
-        printed = io.StringIO()
-        try:
-            with _tracking_uri(tracking_uri), contextlib.redirect_stderr(printed):
-                info = Model.log(None, name=names.POLICY_MODEL, flavor=mlflow.pyfunc, run_id=run_id,
-                                 python_model=str(MODEL_CODE), artifacts={"policy": str(staged)},
-                                 signature=signature, input_example=example,
-                                 pip_requirements=requirements(), model_type="rl-policy")
-                # MLflow only warns when the input example fails: load the
-                # logged model back and check what it predicts.
-                _check_predictions(mlflow.pyfunc.load_model(info.model_uri), example, signature)
-                if register_as:
+        # One load, before anything is logged: MLflow itself only warns when
+        # the input example fails to predict.
+        model = _load(staged)
+        if model.module.is_stateful():
+            log.info("pbtflow: the best member's policy keeps a state between steps (a recurrent "
+                     "model), which a model taking one batch of observations cannot carry, so it is "
+                     "not logged as an MLflow model.")
+            return None
+        _check_predictions(model.predict(None, example), example, signature)
+        with _tracking_uri(tracking_uri):
+            info = Model.log(None, name=names.POLICY_MODEL, flavor=mlflow.pyfunc, run_id=run_id,
+                             python_model=str(MODEL_CODE), artifacts={"policy": str(staged)},
+                             signature=signature, input_example=example,
+                             pip_requirements=requirements(), model_type="rl-policy")
+            if register_as:
+                # MLflow prints the registration to stderr; pbtflow says it in
+                # its own line, MLflow's words go to its logger (--verbose).
+                printed = io.StringIO()
+                with contextlib.redirect_stderr(printed):
                     version = mlflow.register_model(info.model_uri, register_as)
-                    info.registered_model_version = version.version
-            return info
-        finally:
-            _forward(printed.getvalue())
+                info.registered_model_version = version.version
+                for line in filter(str.strip, printed.getvalue().splitlines()):
+                    logging.getLogger("mlflow.models").info(line.strip())
+        return info
 
 
-def _check_predictions(model, example: np.ndarray, signature) -> None:
+def _check_predictions(actions, example: np.ndarray, signature) -> None:
     (expected,) = signature.outputs.inputs
-    actions = np.asarray(model.predict(example))
+    actions = np.asarray(actions)
     if actions.shape != (len(example), *expected.shape[1:]) or actions.dtype != expected.type:
-        raise ValueError(f"the logged model predicts {actions.dtype} {actions.shape} for "
+        raise ValueError(f"the policy model predicts {actions.dtype} {actions.shape} for "
                          f"{len(example)} observations, not {expected.type} (-1, "
                          f"{', '.join(map(str, expected.shape[1:]))})")
-
-
-def _forward(printed: str) -> None:
-    """What MLflow printed while logging, to its logger: lines that warn or
-    fail as warnings, the rest as information."""
-    logger = logging.getLogger("mlflow.models")
-    for line in printed.splitlines():
-        if line.strip():
-            loud = any(word in line for word in ("WARNING", "ERROR", "Failed", "Traceback"))
-            logger.log(logging.WARNING if loud else logging.INFO, line.strip())

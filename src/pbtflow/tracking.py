@@ -55,6 +55,20 @@ def as_number(value: Any) -> float | None:
     return None
 
 
+_flattened: tuple[Any, dict[str, Any]] = (None, {})
+
+
+def flat_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A result's values by flat key ("env_runners/episode_return_mean"),
+    its config and effective values left out. Every driver callback reads the
+    same result object, so the last one flattened is kept and shared."""
+    global _flattened
+    if _flattened[0] is not result:
+        _flattened = (result, flatten_dict(
+            {k: v for k, v in result.items() if k not in ("config", "effective")}, delimiter="/"))
+    return _flattened[1]
+
+
 def mlflow_params(values: Mapping[str, Any]) -> list[Param]:
     """Params with every credential replaced (by key or by value)."""
     return [Param(k, (REDACTED if is_secret(k) else str(scrub(v)))[:MAX_PARAM_VAL_LENGTH])
@@ -205,8 +219,7 @@ class TrialTracker(Callback):
         return run_id
 
     def _measurements(self, result: Mapping[str, Any]) -> dict[str, float]:
-        flat = flatten_dict({k: v for k, v in result.items() if k not in ("config", "effective")},
-                            delimiter="/")
+        flat = flat_result(result)
         keys = self._logged_metrics if self._logged_metrics is not None else [
             k for k in flat if k not in _NOT_METRICS]
         keys = list(keys) + [names.TRAINING_ITERATION, self._time_attr]
