@@ -15,15 +15,12 @@ checked at the same time:
   overrides ``_load_policy``.
 - ``retention``: resolves the ``_FutureTrainingResult`` PBT keeps for a save
   in flight, as PBT itself does before an exploit.
-- ``tuning._InterruptWatch``: matches Tune's log text "has been interrupted".
-- ``trainables.ppo_algorithm``: resets an RLlib learner in place when a PPO
-  member reuses its actor (``_weights_seq_no``, ``_module_optimizers``,
-  ``_named_optimizers``, ``_optimizer_lr_schedules``, ``_set_optimizer_lr``,
-  ``_needs_initial_reset``, ``_device``) and keeps the algorithm's built
-  config (``_built_config``, ``_fresh_state``).
-- ``trainables.rllib_algorithm``: sets an RLlib learner's optimizer learning
-  rates after a restore (``_optimizer_lr_schedules``, ``_set_optimizer_lr``)
-  and reads the learner of a local learner group (``learner_group._learner``).
+- ``stopping.InterruptWatch``: matches Tune's log text "has been interrupted".
+- ``policy_model`` (which cannot import pbtflow): freezes a served
+  MeanStdFilter (``_update_stats``).
+
+``tests/test_ray_internals.py`` is the canary: it builds the real objects and
+fails naming the attribute that moved.
 """
 
 from __future__ import annotations
@@ -79,3 +76,45 @@ def trial_statuses(results: Any) -> dict[str, str]:
 def learner_connectors(learner: Any) -> list[Any]:
     """The pieces of an RLlib learner's connector pipeline."""
     return learner._learner_connector.connectors
+
+
+# RLlib's new API stack has no public way to change a built learner's
+# hyperparameters or to take weights older than those it has seen: PPO's
+# actor reuse (trainables.ppo_algorithm) and the learning rates after a
+# restore (trainables.rllib_algorithm) set these.
+
+def local_learner(algorithm: Any) -> Any:
+    """The learner in the algorithm's own process (None with remote learners)."""
+    return getattr(algorithm.learner_group, "_learner", None)
+
+
+def apply_lr(learner: Any) -> None:
+    """Set every optimizer's learning rate from the learner's schedules (a
+    restored optimizer state carries the donor's)."""
+    for optimizer, schedule in learner._optimizer_lr_schedules.items():
+        learner._set_optimizer_lr(optimizer, lr=schedule.get_current_value())
+
+
+def renew_lr_schedules(learner: Any, config: Any) -> None:
+    """Rebuild the learner's learning-rate schedules from ``config`` and apply them."""
+    from ray.rllib.utils.schedules.scheduler import Scheduler
+
+    for module_id, optimizer_names in learner._module_optimizers.items():
+        lr = config.get_config_for_module(module_id).lr
+        for name in optimizer_names:
+            optimizer = learner._named_optimizers[name]
+            if optimizer in learner._optimizer_lr_schedules:
+                learner._optimizer_lr_schedules[optimizer] = Scheduler(
+                    fixed_value_or_schedule=lr, framework=learner.framework, device=learner._device)
+    apply_lr(learner)
+
+
+def forget_weights_version(learner_or_env_runner: Any) -> None:
+    """Take the next weights sent, even a restored checkpoint's older ones."""
+    learner_or_env_runner._weights_seq_no = 0
+
+
+def restart_episodes(env_runner: Any) -> None:
+    """Reset the env runner's environments at its next sample (no episode
+    continues across members)."""
+    env_runner._needs_initial_reset = True

@@ -3,19 +3,17 @@ reuses across PBT exploits and pauses, and the callback that reports the
 values the learner really trains with.
 
 RLlib offers no public way to change a built Algorithm's hyperparameters, so
-this module reaches into RLlib's learner, connector and env-runner attributes.
-Every such use is here, and pyproject.toml pins the Ray minor release they are
-tested against."""
+the reset reaches into RLlib's learner, connector and env-runner attributes,
+through ``pbtflow.ray_internals``."""
 
 from __future__ import annotations
 
 from ray.rllib.algorithms.ppo import PPO
 from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
-from ray.rllib.utils.schedules.scheduler import Scheduler
 
 from pbtflow import ray_internals
-from pbtflow.trainables.rllib_algorithm import EpisodeStats, apply_lr, local_learner
+from pbtflow.trainables.rllib_algorithm import EpisodeStats
 
 # Config keys that RLlib's PPO reads when it samples or learns, never when it
 # builds, so that a new value applies to a live Algorithm (the learner's and
@@ -64,7 +62,7 @@ class PBTPPO(PPO):
         super().load_checkpoint(checkpoint_dir)
         # The optimizer's state carries the donor's learning rate; the member
         # trains with its own from the first update on.
-        self.learner_group.foreach_learner(apply_lr)
+        self.learner_group.foreach_learner(ray_internals.apply_lr)
 
 
 def _as_list(value) -> list:
@@ -73,27 +71,19 @@ def _as_list(value) -> list:
 
 def _reset_learner(learner, config) -> None:
     learner.config = config = config.copy(copy_frozen=False)  # restoring writes to it
-    learner._weights_seq_no = 0  # else a restored, older checkpoint's weights are ignored
+    ray_internals.forget_weights_version(learner)  # else a restored, older checkpoint's are ignored
     learner.entropy_coeff_schedulers_per_module.clear()  # rebuilt from config on use
     learner.curr_kl_coeffs_per_module.clear()  # not checkpointed: starts from config
     for piece in ray_internals.learner_connectors(learner):
         if isinstance(piece, GeneralAdvantageEstimation):
             piece.gamma, piece.lambda_ = config.gamma, config.lambda_
-    for module_id, optimizer_names in learner._module_optimizers.items():
-        lr = config.get_config_for_module(module_id).lr
-        for name in optimizer_names:
-            optimizer = learner._named_optimizers[name]
-            if optimizer in learner._optimizer_lr_schedules:
-                learner._optimizer_lr_schedules[optimizer] = Scheduler(
-                    fixed_value_or_schedule=lr, framework=learner.framework,
-                    device=learner._device)
-    apply_lr(learner)
+    ray_internals.renew_lr_schedules(learner, config)
 
 
 def _reset_env_runner(env_runner, config) -> None:
     env_runner.config = config
-    env_runner._weights_seq_no = 0  # take whatever weights the learner sends next
-    env_runner._needs_initial_reset = True  # no episode continues across members
+    ray_internals.forget_weights_version(env_runner)  # take whatever weights come next
+    ray_internals.restart_episodes(env_runner)  # no episode continues across members
     env_runner.metrics = MetricsLogger(stats_cls_lookup=config.stats_cls_lookup, root=False)
 
 
@@ -104,7 +94,7 @@ class EffectiveValues(EpisodeStats):
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs):
         super().on_train_result(algorithm=algorithm, metrics_logger=metrics_logger, result=result)
-        learner = local_learner(algorithm)
+        learner = ray_internals.local_learner(algorithm)
         config = learner.config if learner is not None else algorithm.config
         module = config.get_config_for_module("default_policy")
         effective = {

@@ -5,8 +5,7 @@ DQN), and callbacks that report the values the learner really trains with
 (``result["effective"]``, checked against PBT's by the tracker).
 
 RLlib offers no public way to reach its learner's optimizers, so this module
-(like ``ppo_algorithm``) reads the learner's attributes; pyproject.toml pins the
-Ray minor release they are tested against."""
+(like ``ppo_algorithm``) sets them through ``pbtflow.ray_internals``."""
 
 from __future__ import annotations
 
@@ -17,6 +16,8 @@ from pathlib import Path
 from ray.rllib.algorithms.dqn import DQN
 from ray.rllib.algorithms.sac import SAC
 from ray.rllib.callbacks.callbacks import RLlibCallback
+
+from pbtflow import ray_internals
 
 EPISODE_STATS = ("episode_return_mean", "episode_return_max", "episode_return_min", "episode_len_mean")
 REPLAY_BUFFER_FILE = "pbtflow_replay_buffer.pkl"
@@ -49,18 +50,6 @@ class EpisodeStats(RLlibCallback):
         episode_stats(self, result)
 
 
-def apply_lr(learner) -> None:
-    """Set every optimizer's learning rate from the learner's config (a
-    restored optimizer state carries the donor's)."""
-    for optimizer, schedule in learner._optimizer_lr_schedules.items():
-        learner._set_optimizer_lr(optimizer, lr=schedule.get_current_value())
-
-
-def local_learner(algorithm):
-    """The learner in the algorithm's own process (None with remote learners)."""
-    return getattr(algorithm.learner_group, "_learner", None)
-
-
 class ReplayInCheckpoint:
     """Mixed into an off-policy RLlib Algorithm: its checkpoint holds the replay
     buffer too (RLlib's new API stack leaves it out), so that a member that
@@ -80,7 +69,7 @@ class ReplayInCheckpoint:
         if self.local_replay_buffer is not None and saved.is_file():
             with open(saved, "rb") as file:
                 self.local_replay_buffer.set_state(pickle.load(file))
-        self.learner_group.foreach_learner(apply_lr)
+        self.learner_group.foreach_learner(ray_internals.apply_lr)
 
 
 class PBTSAC(ReplayInCheckpoint, SAC):
@@ -103,7 +92,7 @@ class OffPolicyValues(EpisodeStats):
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs):
         super().on_train_result(algorithm=algorithm, metrics_logger=metrics_logger, result=result)
-        learner = local_learner(algorithm)
+        learner = ray_internals.local_learner(algorithm)
         config = learner.config if learner is not None else algorithm.config
         effective = {}
         for key in self.CONFIG_KEYS:
