@@ -142,7 +142,7 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     import pbtflow
-    from pbtflow import console, delivery, pbt, retention, runs, tracking, tuning
+    from pbtflow import cluster, console, delivery, pbt, retention, runs, stopping, summary, tracking, tuning
 
     timers = Timers()
     for owner, name, label in [
@@ -153,28 +153,28 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
         (retention.PBTSafeRetention, "on_checkpoint", "retention"),
         (retention.PBTSafeRetention, "on_trial_complete", "retention"),
         (console.Progress, "on_trial_result", "progress"),
-        (tuning._TrainableWatch, "on_trial_complete", "trainable watch"),
-        (tuning._StallWatch, "on_trial_result", "stall watch"),
-        (tuning.PopulationStopper, "__call__", "stopper"),
+        (stopping.TrainableWatch, "on_trial_complete", "trainable watch"),
+        (stopping.StallWatch, "on_trial_result", "stall watch"),
+        (stopping.PopulationStopper, "__call__", "stopper"),
         (CSVLoggerCallback, "on_trial_result", "CSV logger (Ray's, both sides)"),
         (pbt.Recording, "on_trial_result", "PBT scheduler (Ray's, both sides)"),
-        (tuning._Population, "is_finished", "population generator"),
+        (stopping.Population, "is_finished", "population generator"),
         (BasicVariantGenerator, "next_trial", "population generator"),
         (BasicVariantGenerator, "on_trial_complete", "population generator"),
         (pbtflow, "tune", "pbtflow.tune (all of it)"),
         (runs, "check_reachable", "start: tracking check"),
         (runs, "_experiment_id", "start: MLflow store and experiment"),
         (runs.ParentRun, "end", "end: parent run"),
-        (tuning, "_check_storage", "start: storage check"),
-        (tuning, "_init_ray", "start: Ray (already up)"),
+        (tuning, "check_storage", "start: storage check"),
+        (cluster, "init_ray", "start: Ray (already up)"),
         (runs.ParentRun, "log_experiment", "start: parent run"),
         (tuning, "_new_tuner", "start: build tuner"),
         (ray_tune.Tuner, "fit", "Tuner.fit"),
         (tracking.TrialTracker, "close", "end: final flush"),
         (runs.ParentRun, "log_best", "end: best, lineage"),
         (runs, "log_lineage", "end: best, lineage"),
-        (tuning, "_log_plots", "end: pictures"),
-        (tuning, "_check_record", "end: record check"),
+        (summary, "log_plots", "end: pictures"),
+        (summary, "check_record", "end: record check"),
     ]:
         timers.wrap(owner, name, label)
 

@@ -450,7 +450,7 @@ def test_a_smoke_job_keeps_the_plans_population(capsys):
 
 
 def test_node_rank_is_read_from_the_runtimes_variables(monkeypatch):
-    from pbtflow.tuning import follower_rank
+    from pbtflow.cluster import follower_rank
 
     for name in azureml.NODE_RANK_ENVS + ("RAY_ADDRESS", "AZUREML_RUN_ID"):
         monkeypatch.delenv(name, raising=False)

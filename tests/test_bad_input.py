@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import pbtflow
-from pbtflow import names, tuning
+from pbtflow import cluster, names
 from pbtflow.cli import main
 from pbtflow.experiment import Experiment, ExperimentError
 from mlflow_checks import runs_by_role
@@ -41,10 +41,10 @@ def test_a_bad_setting_fails_before_ray_in_one_sentence(name, value, tmp_path, m
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
-    def no_ray():
+    def no_ray(*_):
         raise AssertionError(f"{name}={value!r} reached Ray")
 
-    monkeypatch.setattr(tuning, "_init_ray", no_ray)
+    monkeypatch.setattr(cluster, "init_ray", no_ray)
     field = next(f for f in dataclasses.fields(Experiment) if f.name == name)
     if field.metadata.get("cli", True):
         flag = "--" + name.replace("_", "-")
@@ -75,7 +75,7 @@ def test_a_bad_setting_fails_before_ray_in_one_sentence(name, value, tmp_path, m
 ])
 def test_config_files_that_contradict_themselves(text, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tuning, "_init_ray", lambda: pytest.fail("reached Ray"))
+    monkeypatch.setattr(cluster, "init_ray", lambda *_: pytest.fail("reached Ray"))
     (tmp_path / "exp.yaml").write_text(text)
     assert main(["tune", "--config", "exp.yaml"]) == 2
     err = capsys.readouterr().err.strip()

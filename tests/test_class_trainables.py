@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import pbtflow
-from pbtflow import trainables, tuning
+from pbtflow import cluster, trainables
 from pbtflow.experiment import ExperimentError
 from mlflow_checks import assert_record_is_true, runs_by_role
 
@@ -64,7 +64,7 @@ def test_a_class_without_reset_config_restarts_its_worker_and_says_why(ray_runti
 
 
 def test_a_class_that_is_not_a_trainable_fails_before_ray(monkeypatch, workdir):
-    monkeypatch.setattr(tuning, "_init_ray", lambda: pytest.fail("reached Ray"))
+    monkeypatch.setattr(cluster, "init_ray", lambda *_: pytest.fail("reached Ray"))
     with pytest.raises(ExperimentError) as error:
         trainables.build(pbtflow.Experiment(trainable="user_trainables:NotATrainable",
                                             metric="height", mutations={"lr": [0.1, 0.2]}))

@@ -3,7 +3,7 @@
 import os
 import pytest
 
-from pbtflow.experiment import Experiment, ExperimentError, from_sources, load_yaml
+from pbtflow.experiment import Experiment, ExperimentError, SettingError, from_sources, load_yaml
 
 
 def test_defaults_are_the_ppo_discrete_preset_on_cartpole():
@@ -148,7 +148,7 @@ def test_errors_say_their_kind():
 
     from pbtflow import ClusterError, SettingError, TrackingError
     from pbtflow.runs import check_reachable
-    from pbtflow.tuning import _check_resources
+    from pbtflow.cluster import check_resources
 
     with pytest.raises(SettingError, match="^population: "):
         Experiment(population=1)
@@ -158,29 +158,49 @@ def test_errors_say_their_kind():
     with pytest.raises(TrackingError, match="^tracking_uri: the MLflow tracking server at "):
         check_reachable(f"http://127.0.0.1:{port}", timeout=2)
     with pytest.raises(ClusterError, match="^num_env_runners: one trial needs .* CPUs but the Ray cluster has 1;"):
-        _check_resources(Experiment(num_env_runners=2), {"CPU": 1, "GPU": 0})
+        check_resources(Experiment(num_env_runners=2), {"CPU": 1, "GPU": 0})
     for kind in (SettingError, TrackingError, ClusterError):
         assert issubclass(kind, ExperimentError)
 
 
 def test_a_resume_state_survives_settings_added_or_removed(tmp_path):
-    """The resume state keeps settings as plain values: a setting an older
-    pbtflow did not have takes its default, one it no longer has is dropped."""
-    from pbtflow.tuning import _load_resume_state, _save_resume_state
+    """The resume state is readable JSON with a version: a setting an older
+    pbtflow did not have takes its default, one it no longer has is dropped,
+    and a state from a newer pbtflow is refused in one sentence."""
+    import json
 
-    experiment = Experiment(population=3, stop_iters=7, seed=5)
-    _save_resume_state(experiment, "run123", tmp_path)
-    state = _load_resume_state(str(tmp_path))
-    assert state["experiment"] == experiment and state["parent_run_id"] == "run123"
-    from ray import cloudpickle
+    from ray import tune
 
-    data = cloudpickle.loads((tmp_path / "pbtflow_state.pkl").read_bytes())
+    from pbtflow import resume
+
+    experiment = Experiment(population=3, stop_iters=7, seed=5, stop_return=float("inf"),
+                            initial={"lr": 0.01, "model": {"hiddens": [32, 32]}},
+                            mutations={"lr": tune.loguniform(1e-4, 1e-1), "gamma": [0.9, 0.99]})
+    resume.save(experiment, "run123", tmp_path)
+    data = json.loads((tmp_path / resume.STATE_FILE).read_text())  # what a person reads
+    assert data["version"] == resume.VERSION and data["parent_run_id"] == "run123"
+    assert data["settings"]["population"] == 3 and data["settings"]["initial"]["model"] == {"hiddens": [32, 32]}
+    assert set(data["settings"]["mutations"]["lr"]) == {"pickled"}  # a Python object: exact, not readable
+    assert data["settings"]["mutations"]["gamma"] == [0.9, 0.99]
+    state = resume.load(str(tmp_path))
+    loaded = state["experiment"]
+    assert state["parent_run_id"] == "run123" and state["path"] == str(tmp_path)
+    assert loaded.population == 3 and loaded.stop_return == float("inf")
+    assert loaded.initial == experiment.initial and loaded.perturbation_factors == experiment.perturbation_factors
+    lr = loaded.mutations["lr"]
+    assert (type(lr), lr.lower, lr.upper) == (type(experiment.mutations["lr"]), 1e-4, 1e-1)
+
     data["settings"]["a_setting_from_another_version"] = 1
     del data["settings"]["perturbation_interval"]
-    (tmp_path / "pbtflow_state.pkl").write_bytes(cloudpickle.dumps(data))
-    state = _load_resume_state(str(tmp_path))
+    (tmp_path / resume.STATE_FILE).write_text(json.dumps(data))
+    state = resume.load(str(tmp_path))
     assert state["experiment"].population == 3 and state["experiment"].stop_iters == 7
     assert state["experiment"].perturbation_interval == Experiment(population=3).perturbation_interval
+
+    data["version"] = resume.VERSION + 1
+    (tmp_path / resume.STATE_FILE).write_text(json.dumps(data))
+    with pytest.raises(SettingError, match=r"^resume: .* was written by a newer pbtflow \(state version 2"):
+        resume.load(str(tmp_path))
 
 
 def test_what_this_machine_decided_is_not_replayed_elsewhere():

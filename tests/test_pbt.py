@@ -183,9 +183,9 @@ def test_a_broken_explore_fails_the_experiment_in_one_sentence(ray_runtime, work
     ("user_trainables:explore_two_arguments", "must accept exactly one argument (the config dict)"),
 ])
 def test_a_bad_explore_path_fails_before_ray_in_one_sentence(path, words, workdir, monkeypatch):
-    from pbtflow import tuning
+    from pbtflow import cluster
 
-    monkeypatch.setattr(tuning, "_init_ray", lambda: pytest.fail("reached Ray"))
+    monkeypatch.setattr(cluster, "init_ray", lambda *_: pytest.fail("reached Ray"))
     with pytest.raises(ExperimentError) as error:
         pbtflow.tune(pbtflow.Experiment(**CLIMB, explore=path))
     assert words in str(error.value) and str(error.value).count(". ") == 0, str(error.value)

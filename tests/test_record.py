@@ -21,7 +21,7 @@ from pbtflow.cli import main
 from pbtflow.trainables.ppo import CONTINUOUS
 from pbtflow.trainables.rllib import no_episode_finished
 from pbtflow.console import MAX_ROWS, Progress
-from pbtflow.tuning import PopulationStopper
+from pbtflow.stopping import PopulationStopper
 from mlflow_checks import assert_record_is_true, runs_by_role
 
 
@@ -373,13 +373,13 @@ def test_a_large_population_shows_the_best_members_and_counts_the_rest():
 def test_a_stall_is_reported_with_each_members_state(capsys):
     import time
 
-    from pbtflow.tuning import _StallWatch
+    from pbtflow.stopping import StallWatch
 
     class Trial:
         def __init__(self, trial_id, status):
             self.trial_id, self.status = trial_id, status
 
-    watch = _StallWatch(None)
+    watch = StallWatch(None)
     watch.FLOOR_S = 0.05
     watch.on_step_begin(0, [Trial("a_00000", "PAUSED"), Trial("a_00001", "RUNNING")])
     watch.check()

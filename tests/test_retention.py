@@ -19,7 +19,7 @@ from ray.tune.schedulers import PopulationBasedTraining
 
 import user_trainables
 from pbtflow.retention import PBTSafeRetention
-from pbtflow.tuning import _Population  # reuses paused members' workers: faster, same hazard
+from pbtflow.stopping import Population  # reuses paused members' workers: faster, same hazard
 
 GONE = "does not exist on storage anymore"
 KEEP = 2
@@ -39,7 +39,7 @@ def _run(storage: Path, checkpoint_config, retention: PBTSafeRetention | None = 
         user_trainables.declining,
         param_space={"x": tune.grid_search(list(LEVELS))},
         tune_config=tune.TuneConfig(scheduler=scheduler, metric="score", mode="max",
-                                    reuse_actors=True, search_alg=_Population()),
+                                    reuse_actors=True, search_alg=Population()),
         run_config=tune.RunConfig(storage_path=str(storage), stop={"training_iteration": STEPS},
                                   verbose=0, checkpoint_config=checkpoint_config,
                                   callbacks=[retention] if retention else []),

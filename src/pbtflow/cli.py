@@ -230,7 +230,8 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from pbtflow.tuning import follow_the_head, follower_rank, tune
+    from pbtflow.cluster import follow_the_head, follower_rank
+    from pbtflow.tuning import tune
 
     rank = follower_rank()
     if rank is not None:  # one driver per cluster: the head's

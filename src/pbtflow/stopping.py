@@ -1,0 +1,266 @@
+"""What ends an experiment, and what keeps it from hanging: the population
+stopper (a member at its last iteration; everyone once one member reaches the
+target, or when the trainable never reports the metric), Tune's variant
+generator kept open while members are live, and the watches on the
+trainable's first results, on stalls and on Tune's interrupt."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import ray
+from ray import tune as ray_tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.utils import flatten_dict
+
+from pbtflow import names, ray_internals
+
+
+class Population(BasicVariantGenerator):
+    """Tune's variant generator, still "searching" while any trial is live.
+    Tune only caches a paused trial's actor for reuse while the search is not
+    over; the PBT population is generated at once, so without this every
+    exploit of a function trainable kills its worker process and starts a new
+    one, which dominates the wall time of cheap trainables."""
+
+    def __init__(self, *args: Any, stopper: "PopulationStopper | None" = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopper = stopper
+
+    def is_finished(self) -> bool:
+        # Once the stopper ends the experiment, Tune terminates paused and
+        # pending trials without telling the searcher: do not wait for them.
+        stopped = self._stopper is not None and self._stopper.stop_all()
+        return super().is_finished() and (stopped or not ray_internals.live_trials(self))
+
+
+_STOPPER_BOARDS: dict[str, dict[str, Any]] = {}  # stopper token -> what its copies learned
+
+
+class PopulationStopper(ray_tune.Stopper):
+    """Stops a member at ``stop_iters`` and the whole population once the best
+    member's metric reaches ``stop_value``. A metric (or time attribute) the
+    trainable does not report stops everything at the first result that lacks
+    it, with a clear message, unless the trainable says it is only pending
+    (``metric_pending``: no RL episode has finished yet)."""
+
+    def __init__(self, metric: str, mode: str, stop_iters: int, stop_value: float | None,
+                 time_attr: str = names.TRAINING_ITERATION,
+                 metric_pending: Callable[[dict], bool] | None = None) -> None:
+        self.metric, self.mode, self.time_attr = metric, mode, time_attr
+        self.stop_iters, self.stop_value = stop_iters, stop_value
+        self.metric_pending = metric_pending
+        self._token = uuid.uuid4().hex
+        self.reached: tuple[str, float] | None = None
+        self.error: str | None = None
+
+    # On resume Tune drives the experiment with the copy of the stopper saved
+    # in its experiment state, while the searcher, the callbacks and pbtflow
+    # hold the copy saved with the Tuner. Every copy in this process shares
+    # what any of them learned (target reached, error), or Tune would stop the
+    # trials while the searcher waited for them forever (the resume stall).
+    def _board(self) -> dict[str, Any]:
+        return _STOPPER_BOARDS.setdefault(self._token, {"reached": None, "error": None})
+
+    @property
+    def reached(self) -> tuple[str, float] | None:
+        return self._board()["reached"]
+
+    @reached.setter
+    def reached(self, value: tuple[str, float] | None) -> None:
+        self._board()["reached"] = value
+
+    @property
+    def error(self) -> str | None:
+        return self._board()["error"]
+
+    @error.setter
+    def error(self, value: str | None) -> None:
+        self._board()["error"] = value
+
+    def __call__(self, trial_id: str, result: Mapping[str, Any]) -> bool:
+        flat = flatten_dict(dict(result), delimiter="/")
+        if flat.get("done") and names.TRAINING_ITERATION not in flat:
+            return True  # a function that returned without reporting (see TrainableWatch)
+        for key, flag in ((self.time_attr, "time_attr"), (self.metric, "metric")):
+            if key not in flat and not (key == self.metric and self.metric_pending is not None
+                                        and self.metric_pending(flat)):
+                reported = ", ".join(sorted(k for k in flat if not k.startswith("config/"))[:12])
+                self.error = (f"{flag}: the trainable never reports {key!r} (it reported: "
+                              f"{reported}, ...); pass --{flag.replace('_', '-')} with one of those.")
+                return True
+        if self.metric not in flat:  # pending: nothing to rank or stop on yet
+            return flat.get(names.TRAINING_ITERATION, 0) >= self.stop_iters
+        value = flat[self.metric]
+        if self.stop_value is not None and value is not None:
+            better = value >= self.stop_value if self.mode == "max" else value <= self.stop_value
+            if better and self.reached is None:
+                self.reached = (trial_id, float(value))
+        return flat.get(names.TRAINING_ITERATION, 0) >= self.stop_iters
+
+    def stop_all(self) -> bool:
+        return self.reached is not None or self.error is not None
+
+
+class TrainableWatch(ray_tune.Callback):
+    """What only the trainable can tell, at its first results: a trainable that
+    raises before its first report (its own exception and line, not Tune's
+    wrapper) or returns without reporting ends the experiment at once, through
+    the stopper, instead of being retried or ending quietly."""
+
+    def __init__(self, stopper: PopulationStopper, trainable: str) -> None:
+        self.stopper, self.trainable = stopper, trainable
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check_failure(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check_failure(trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if names.TRAINING_ITERATION not in (trial.last_result or {}) and self.stopper.error is None:
+            self.stopper.error = (f"trainable: {self.trainable!r} returned without reporting a result; "
+                                  "report every step with tune.report({...}) (or pbtflow.checkpoint's "
+                                  "run.report) inside its loop.")
+
+    def _check_failure(self, trial) -> None:
+        if names.TRAINING_ITERATION in (trial.last_result or {}) or self.stopper.error is not None:
+            return  # it has trained: a later failure is retried from its checkpoint
+        where, error = _user_error(getattr(trial, "error_file", None))
+        self.stopper.error = (f"trainable: {self.trainable!r} raised {error} {where}before its first "
+                              "result; fix it and run again.")
+
+
+class StallWatch(ray_tune.Callback):
+    """A stall is never silent: when no member has reported for much longer
+    than the slowest iteration so far (``FACTOR`` times, at least ``FLOOR_S``),
+    print every member's state and what Tune waits for; with a stall timeout,
+    end the experiment as interrupted (Tune saves its state, the runs end
+    KILLED and the resume hint is printed). It watches from its own thread:
+    Tune can block inside one step for minutes (waiting for its searcher)."""
+
+    FLOOR_S = 60.0
+    FACTOR = 10.0
+    EVERY_S = 2.0
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.fired = False
+        self._last = self._reported = 0.0
+        self._slowest = 0.0
+        self._trials: list | None = None
+        self._done = threading.Event()
+
+    def __getstate__(self) -> dict:  # pickled with the experiment: no thread, no event
+        state = dict(self.__dict__)
+        state.update(_done=None, _trials=None, _last=0.0, _reported=0.0)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._done = threading.Event()
+
+    def setup(self, **info):
+        threading.Thread(target=self._watch, name="pbtflow-stall-watch", daemon=True).start()
+
+    def on_experiment_end(self, trials, **info):
+        self._done.set()
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._trials = trials
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._last = time.monotonic()
+        self._slowest = max(self._slowest, float(result.get("time_this_iter_s") or 0.0))
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.EVERY_S):
+            self.check()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if not self._last:
+            self._last = self._reported = now
+        quiet = now - self._last
+        limit = max(self.FLOOR_S, self.FACTOR * self._slowest)
+        if quiet > limit and now - self._reported > limit:
+            self._reported = now
+            print(f"[pbtflow] no member has reported for {quiet:.0f} s (the slowest iteration took "
+                  f"{self._slowest:.1f} s): " + "; ".join(_why_waiting(t) for t in self._trials or []),
+                  flush=True)
+        if self.timeout and quiet > self.timeout and not self.fired:
+            self.fired = True
+            print(f"[pbtflow] stall_timeout: no member has reported for {quiet:.0f} s; stopping the "
+                  "experiment as interrupted.", flush=True)
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's own clean stop, as Ctrl-C
+
+
+def _why_waiting(trial) -> str:
+    """One member's state, and what Tune holds it for when it can tell."""
+    status = trial.status
+    if status == "PENDING":
+        try:
+            needs = trial.placement_group_factory.required_resources
+            free = ray.available_resources()
+            short = {k: v for k, v in needs.items() if free.get(k, 0) < v}
+            return (f"{trial.trial_id} PENDING, waiting for resources "
+                    f"({', '.join(f'{k} {v:g} needed, {free.get(k, 0):g} free' for k, v in short.items())})"
+                    if short else f"{trial.trial_id} PENDING, resources free but not started")
+        except Exception:  # noqa: BLE001 (a diagnosis must never fail the run)
+            return f"{trial.trial_id} PENDING"
+    if status == "PAUSED":
+        return f"{trial.trial_id} PAUSED (by PBT, until it is scheduled again)"
+    return f"{trial.trial_id} {status}"
+
+
+def _user_error(error_file: str | None) -> tuple[str, str]:
+    """("at file:line in function ", "ExceptionType: message") of the last
+    failure in Tune's error file: the deepest frame outside Ray and pbtflow."""
+    try:
+        text = Path(error_file).read_text() if error_file else ""
+    except OSError:
+        text = ""
+    last = text.split("Failure # ")[-1]
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', last)
+    own = [f for f in frames if "/ray/" not in f[0] and "/pbtflow/" not in f[0]]
+    where = f"at {own[-1][0]}:{own[-1][1]} in {own[-1][2]} " if own else ""
+    lines = [line.strip() for line in last.strip().splitlines() if line.strip()]
+    error = lines[-1] if lines else "an error"
+    return where, error
+
+
+class InterruptWatch(logging.Handler):
+    """Notices Tune's own report that SIGINT ended the experiment early: Tune
+    then stops the trials like finished ones, and returns normally."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+        self._logger = logging.getLogger("ray.tune.tune")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "has been interrupted" in record.getMessage():
+            self.seen = True
+
+    def __enter__(self) -> "InterruptWatch":
+        # It must see Tune's warning even when the console is quiet (Ray's
+        # loggers at ERROR); pbtflow says "interrupted" itself, so the
+        # warning is not passed on.
+        self._saved = self._logger.level, self._logger.propagate
+        self._logger.setLevel(logging.WARNING)
+        self._logger.propagate = False
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
