@@ -360,7 +360,7 @@ def test_missing_azure_extra_names_it(tmp_path):
             "'--subscription', 's', '--resource-group', 'g', '--workspace', 'w']))")
     proc = subprocess.run([sys.executable, "-c", _NO_NETWORK + code], capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == 5  # AzureMLError
     assert "azure: the Azure ML SDK (azure-ai-ml) is not installed; pip install 'pbtflow[azure]'." \
         in proc.stderr
 
@@ -407,7 +407,7 @@ def test_submit_without_credentials_fails_in_one_sentence(tmp_path):
          "workspace_name": "ws"}))
     proc = _submit(str(REPO / "jobs" / "quadratic-smoke.yml"), "--workspace-config", "config.json",
                    cwd=tmp_path, env={"AZURE_TOKEN_CREDENTIALS": "EnvironmentCredential"})
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == 5, proc.stderr[-2000:]  # AzureMLError
     assert "pbtflow: error: credentials: no Azure credential could sign in" in proc.stderr
     assert "run `az login`" in proc.stderr and "network access attempted" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -41,7 +41,7 @@ def test_bad_yaml_fails_fast(tmp_path, text, words):
 def test_unreachable_tracking_server_fails_before_ray(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
     proc = run_entry("--smoke", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # TrackingError
     assert f"tracking_uri: the MLflow tracking server at {uri} is not reachable" in proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
 

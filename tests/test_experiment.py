@@ -163,6 +163,38 @@ def test_errors_say_their_kind():
         assert issubclass(kind, ExperimentError)
 
 
+@pytest.mark.parametrize("argv, code, words", [
+    (["tune", "--population", "1"], 2, "population: PBT needs at least 2 members"),
+    (["report", "--run-id", "x", "--tracking-uri", "http://127.0.0.1:{port}"], 3,
+     "tracking_uri: the MLflow tracking server at http://127.0.0.1:{port} is not reachable"),
+    (["aml", "submit", "{repo}/jobs/quadratic-smoke.yml", "--workspace-config", "{tmp}/config.json"], 5,
+     "credentials: no Azure credential could sign in"),
+])
+def test_the_command_exits_with_the_code_of_the_errors_kind(argv, code, words, tmp_path, monkeypatch, capsys):
+    """What the CLI returns is the kind's exit code, with the one sentence (a
+    cluster too small is 4: tests/test_multinode.py)."""
+    import json
+    import socket
+    from pathlib import Path
+
+    from pbtflow.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens on it once closed
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg",
+         "workspace_name": "ws"}))
+    monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")  # no sign-in possible
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(port=port, tmp=tmp_path, repo=Path(__file__).parents[1]) for a in argv]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert words.format(port=port) in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_a_resume_state_survives_settings_added_or_removed(tmp_path):
     """The resume state is readable JSON with a version: a setting an older
     pbtflow did not have takes its default, one it no longer has is dropped,

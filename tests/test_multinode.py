@@ -117,7 +117,7 @@ def test_driver_waits_for_the_nodes_and_says_when_they_do_not_come(cluster, tmp_
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     proc = subprocess.run([sys.executable, str(ENTRY), "--trainable", "quadratic"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.returncode == 4, proc.stderr[-3000:]  # ClusterError
     assert ("pbtflow: error: PBTFLOW_RAY_NODES: expected 2 Ray nodes, but got 1 alive after 3 s; "
             in proc.stderr)
     assert "Traceback" not in proc.stderr

@@ -94,12 +94,21 @@ def _add_aml_commands(commands) -> None:
     verbs = aml.add_subparsers(dest="aml_command", required=True, parser_class=_Parser)
 
     def sizing(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--population", type=int, required=True, help="PBT members (trials)")
-        parser.add_argument("--num-env-runners", type=int, default=0, help="RLlib env runners per trial")
-        parser.add_argument("--cpus-per-env-runner", type=float, default=1.0, help="CPUs per env runner")
-        parser.add_argument("--cpus-per-trial-process", type=float, default=1.0,
-                            help="CPUs of a trial's own process (default: 1)")
-        parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial")
+        # What a member needs: the `pbtflow tune` settings, named and explained
+        # as there; on a cluster a member's own process takes one CPU.
+        fields = {f.name: f for f in dataclasses.fields(Experiment)}
+        for name, default in (("population", None), ("num_env_runners", None),
+                              ("cpus_per_env_runner", None), ("cpus_per_trial_process", 1.0),
+                              ("gpus_per_trial", None)):
+            f = fields[name]
+            note = "" if default is None else f" (sizing a cluster: {default:g})"
+            default = f.default if default is None else default
+            if default is not None and not note:
+                note = f" (default: {default:g})"
+            kind = float if "float" in str(f.type) else int
+            parser.add_argument("--" + name.replace("_", "-"), type=kind, required=default is None,
+                                default=None if default is None else kind(default),
+                                help=f.metadata["help"] + note)
         parser.add_argument("--vm-size", help=f"Azure VM size of the compute cluster: {', '.join(VM_SIZES)}")
         parser.add_argument("--cpus-per-node", type=int, help="vCPUs per node, for a VM size not listed")
         parser.add_argument("--gpus-per-node", type=int, help="GPUs per node, with --cpus-per-node")
@@ -295,9 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "aml":
             return _run_aml(args)
-    except ExperimentError as exc:
+    except ExperimentError as exc:  # exit code by kind: 2 setting, 3 tracking, 4 cluster, 5 Azure ML
         print(f"pbtflow: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("pbtflow: interrupted.", file=sys.stderr)
         return 130

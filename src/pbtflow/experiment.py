@@ -25,23 +25,36 @@ _RUN_NAME = re.compile(r"^[\w.\-]+$")
 
 class ExperimentError(ValueError):
     """pbtflow cannot run the experiment as asked; the message is one sentence
-    that names the input and the fix. Raised as one of its kinds below."""
+    that names the input and the fix. Raised as one of its kinds below; the
+    command exits with the kind's ``exit_code``."""
+
+    exit_code = 2
 
 
 class SettingError(ExperimentError):
-    """A setting (flag, YAML key, Experiment field, trainable path) is invalid."""
+    """A setting (flag, YAML key, Experiment field, trainable path) is invalid,
+    or the trainable does not do what its settings say (never reports the
+    metric, raises before its first result)."""
+
+    exit_code = 2
 
 
 class TrackingError(ExperimentError):
     """MLflow: the tracking server is unreachable or refuses, or a record is missing."""
 
+    exit_code = 3
+
 
 class ClusterError(ExperimentError):
     """Ray: the cluster cannot host the experiment (too few CPUs, GPUs or nodes)."""
 
+    exit_code = 4
+
 
 class AzureMLError(ExperimentError):
-    """Azure ML: the SDK, credentials or a job spec."""
+    """Azure ML: the SDK is missing, or no credential signs in."""
+
+    exit_code = 5
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:

@@ -15,7 +15,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from pbtflow import names
-from pbtflow.experiment import TrackingError
+from pbtflow.experiment import Experiment, TrackingError
 from pbtflow.runs import check_reachable
 from pbtflow.tracking import MUTATED_PARAM
 
@@ -28,7 +28,8 @@ def load_experiment_record(tracking_uri: str | None, run_id: str | None = None,
     check_reachable(uri)
     client = MlflowClient(uri)
     if run_id is None:
-        exp = client.get_experiment_by_name(experiment_name or "pbt")
+        experiment_name = experiment_name or Experiment.experiment_name  # the default
+        exp = client.get_experiment_by_name(experiment_name)
         if exp is None:
             raise TrackingError(f"experiment: no MLflow experiment {experiment_name!r} at {uri}; "
                                 "check --experiment and --tracking-uri.")

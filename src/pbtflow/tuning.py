@@ -28,7 +28,7 @@ from ray.tune.utils import flatten_dict
 
 from pbtflow import (baselines, cluster, console, credentials, delivery, lineage, names, ray_internals,
                      records, resume, runs, stopping, summary, tracking, trainables)
-from pbtflow.experiment import Experiment, ExperimentError, SettingError, TrackingError
+from pbtflow.experiment import Experiment, SettingError, TrackingError
 from pbtflow.pbt import Recording, ScheduleReplay, build_scheduler, flatten_keys
 from pbtflow.retention import PBTSafeRetention
 from pbtflow.trainables.function import load as load_users_function
@@ -177,8 +177,8 @@ def _fit(tuner: ray_tune.Tuner, plan: Plan, parent: runs.ParentRun) -> tuple[Res
         signal.signal(signal.SIGTERM, previous)
         tracker.close(spill_to=parent.spill_path)
     tracker.end_remaining(ray_internals.trial_statuses(results))
-    if stopper.error:
-        raise ExperimentError(stopper.error)
+    if stopper.error:  # the trainable does not do what its settings say
+        raise SettingError(stopper.error)
     if interrupt.seen:  # KILLED: the members that had not reached their end
         tracker.mark_interrupted([
             r.metrics.get("trial_id") for r in results
@@ -295,7 +295,7 @@ def replay(run_id: str, tracking_uri: str | None = None) -> tuple[ResultGrid, fl
     record = records.load_experiment_record(tracking_uri, run_id)
     parent, metric = record["parent"], record["metric"]
     if not record["best_schedule"]:
-        raise TrackingError(f"run_id: {run_id} has no best_schedule.json; replay needs a parent "
+        raise TrackingError(f"run_id: {run_id} has no {names.SCHEDULE_FILE}; replay needs a parent "
                             "run of a finished pbtflow experiment.")
     best_id = parent.data.tags.get(names.BEST_TRIAL)
     best_child = next(c for c in record["children"] if c.data.tags.get(names.TRIAL_ID) == best_id)

@@ -67,8 +67,9 @@ def submit_job(path: str | Path, *, workspace_config: str | None = None,
             credential = DefaultAzureCredential()
             credential.get_token("https://management.azure.com/.default")
     except ClientAuthenticationError as exc:
-        _fail("credentials", f"no Azure credential could sign in ({_first_line(exc).split('.')[0]}); "
-              "run `az login`, or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET")
+        raise AzureMLError(f"credentials: no Azure credential could sign in "
+                           f"({_first_line(exc).split('.')[0]}); run `az login`, or set "
+                           "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET.") from None
     client = _azure_ml().MLClient(credential=credential, **target)
     created = client.jobs.create_or_update(job)
     return created.studio_url or ""
