@@ -117,8 +117,9 @@ def main() -> None:
                     keep = tempfile.mkdtemp()
                 out = run_side(side, m, args.iters, keep)
                 runs[side, m].append(out)
+                check = f", record check: {out['record_check']}" if "record_check" in out else ""
                 print(f"{m} members, round {r}: {side}: {out['wall']:.1f} s, {out['results']} results, "
-                      f"{out['errors']} errored", flush=True)
+                      f"{out['errors']} errored{check}", flush=True)
                 if keep:
                     report_times = time_report(keep)
                     print(f"pbtflow report on {m} members: {report_times}", flush=True)

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,22 @@ log = logging.getLogger(__name__)
 def resolve_tracking_uri(experiment: Experiment) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's embedded default."""
     return experiment.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def open_store(uri: str) -> threading.Thread:
+    """Start setting up MLflow's store for ``uri`` in the background (for a new
+    SQLite file, its tables: about 2.5 s), so that it overlaps Ray's start-up;
+    MLflow keeps the store for the process. Join the thread before the first
+    use of the store: two threads creating it at once would race."""
+    def set_up() -> None:
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception:  # noqa: BLE001 (parent_run says what is wrong, in one sentence)
+            pass
+
+    thread = threading.Thread(target=set_up, name="pbtflow-mlflow-store", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

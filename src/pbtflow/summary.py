@@ -6,9 +6,11 @@ recorded stays."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,6 +58,17 @@ def summarize(experiment: Experiment, spec, results: ResultGrid, metric: str,
         check_record(parent, experiment_path)
     log.info("best trial %s: %s = %s", best_trial or "-", metric, value)
     log.info("MLflow parent run %s: %s", parent.run_id, parent.where())
+
+
+def preload() -> None:
+    """Import the pictures' libraries (matplotlib) in the background."""
+    def load() -> None:
+        try:
+            importlib.import_module("pbtflow.plots")
+        except Exception:  # noqa: BLE001 (log_plots says what is wrong)
+            pass
+
+    threading.Thread(target=load, name="pbtflow-preload", daemon=True).start()
 
 
 def log_policy(experiment: Experiment, parent: runs.ParentRun, checkpoint: str) -> None:

@@ -133,14 +133,19 @@ def _start_ray(experiment: Experiment, storage: Path, worker_logs: bool) -> None
     before Ray starts, and on a trial larger than the cluster before a parent
     run is opened; then start or join Ray."""
     check_storage(storage)
-    runs.check_reachable(runs.resolve_tracking_uri(experiment))
+    uri = runs.resolve_tracking_uri(experiment)
+    runs.check_reachable(uri)
     if ray.is_initialized():  # a Ray already running in this process: ask it
         cluster.check_resources(experiment)
     elif not cluster.joins_cluster():  # Ray would start on this machine
         cluster.check_resources(experiment, {"CPU": os.cpu_count() or 1, "GPU": float("inf")})
-    cluster.init_ray(worker_logs)
-    ray_internals.check_version()
-    cluster.check_resources(experiment)
+    store = runs.open_store(uri)  # set up while Ray starts
+    try:
+        cluster.init_ray(worker_logs)
+        ray_internals.check_version()
+        cluster.check_resources(experiment)
+    finally:
+        store.join()
 
 
 def _open_record(plan: Plan, parent: runs.ParentRun, replay: Mapping[str, Any] | None) -> None:
@@ -170,6 +175,7 @@ def _fit(tuner: ray_tune.Tuner, plan: Plan, parent: runs.ParentRun) -> tuple[Res
     # Tune turns SIGINT into a clean stop; make SIGTERM do the same.
     previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     interrupt = stopping.InterruptWatch()
+    summary.preload()  # while the members train: the driver mostly waits on Ray then
     try:
         with interrupt:
             results = tuner.fit()
