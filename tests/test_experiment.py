@@ -235,6 +235,43 @@ def test_a_resume_state_survives_settings_added_or_removed(tmp_path):
         resume.load(str(tmp_path))
 
 
+def test_an_experiment_interrupted_by_an_older_pbtflow_still_resumes(tmp_path):
+    """Before the JSON state, pbtflow kept it pickled (pbtflow_state.pkl), and
+    Tune's own saved state names the callbacks' classes where they were then
+    (pbtflow.tuning): both are still read."""
+    import pickle
+
+    from ray import cloudpickle
+
+    from pbtflow import resume, stopping
+
+    experiment = Experiment(population=3, stop_iters=7, seed=5)
+    settings = {**experiment.to_dict(), "a_setting_from_another_version": 1}
+    (tmp_path / resume.LEGACY_STATE_FILE).write_bytes(cloudpickle.dumps(
+        {"settings": settings, "parent_run_id": "run123", "path": str(tmp_path)}))
+    state = resume.load(str(tmp_path))
+    assert state["experiment"] == experiment and state["parent_run_id"] == "run123"
+
+    for cls, old_name in ((stopping.Population, "_Population"), (stopping.StallWatch, "_StallWatch"),
+                          (stopping.TrainableWatch, "_TrainableWatch"),
+                          (stopping.PopulationStopper, "PopulationStopper")):
+        where = cls.__module__, cls.__qualname__
+        cls.__module__, cls.__qualname__ = "pbtflow.tuning", old_name  # as pickled before the move
+        try:
+            data = pickle.dumps(cls)
+        finally:
+            cls.__module__, cls.__qualname__ = where
+        assert b"pbtflow.tuning" in data and pickle.loads(data) is cls
+
+
+def test_a_damaged_resume_state_fails_in_one_sentence(tmp_path):
+    from pbtflow import resume
+
+    (tmp_path / resume.STATE_FILE).write_text('{"version": 1, "settings": {}}')
+    with pytest.raises(SettingError, match=r"^resume: .* is not a pbtflow resume state \(no 'parent_run_id'\); pass the folder"):
+        resume.load(str(tmp_path))
+
+
 def test_what_this_machine_decided_is_not_replayed_elsewhere():
     """CPUs per member derived from this machine's cores stay out of the
     portable settings (experiment.yaml, which replay re-runs); a value the

@@ -77,9 +77,16 @@ def test_tunes_private_state_is_where_pbtflow_reads_it(tmp_path):
         found.append("Tuner._local_tuner.get_run_config")
     if "self._experiment_analysis" not in inspect.getsource(tune.ResultGrid.__init__):
         found.append("ResultGrid._experiment_analysis")
-    # The interrupt watch (stopping.InterruptWatch) recognises Tune's warning.
-    if "has been interrupted" not in inspect.getsource(tune.tune):
-        found.append("Tune's log text 'has been interrupted' (ray/tune/tune.py)")
+    # The interrupt watch (stopping.InterruptWatch) recognises Tune's warning
+    # on the logger it watches.
+    import ray.tune.tune as tune_module
+
+    source = inspect.getsource(tune_module)
+    if "has been interrupted" not in source or tune_module.logger.name != "ray.tune.tune" or \
+            "logger.warning(" not in source[:source.find("has been interrupted")][-600:]:
+        found.append("Tune's warning 'has been interrupted' on the 'ray.tune.tune' logger")
+    if "self.trials" not in inspect.getsource(tune.ExperimentAnalysis.__init__):
+        found.append("ExperimentAnalysis.trials (trial_statuses)")
     assert not found, _moved(found)
     assert issubclass(stopping.PopulationStopper, tune.Stopper) and issubclass(pbt.RecordingPBT, PopulationBasedTraining)
 
@@ -110,7 +117,11 @@ def test_rllibs_learner_and_env_runner_state_is_where_pbtflow_sets_it(learner_an
     found = _missing(learner, ("_module_optimizers", "_named_optimizers", "_optimizer_lr_schedules",
                                "_set_optimizer_lr", "_device", "_weights_seq_no", "_learner_connector"),
                      type(learner).__name__)
-    found += _missing(env_runner, ("_weights_seq_no", "_needs_initial_reset"), type(env_runner).__name__)
+    # PPO's in-place reset also renews these (trainables/ppo_algorithm.py).
+    found += _missing(learner, ("entropy_coeff_schedulers_per_module", "curr_kl_coeffs_per_module"),
+                      type(learner).__name__)
+    found += _missing(env_runner, ("_weights_seq_no", "_needs_initial_reset", "metrics"),
+                      type(env_runner).__name__)
     if "_update_stats" not in inspect.getsource(MeanStdFilter):
         found.append("MeanStdFilter._update_stats (policy_model freezes a served filter)")
     assert not found, _moved(found)

@@ -71,3 +71,47 @@ def test_pbt_safe_retention_loses_none_and_bounds_the_disk(ray_runtime, tmp_path
         kept = list(Path(result.path).glob("checkpoint_*"))
         # Its newest KEEP, plus at most one that another member restores from.
         assert 1 <= len(kept) <= KEEP + 1, kept
+
+
+def test_a_sweep_keeps_the_newest_and_whatever_can_still_be_restored(tmp_path):
+    """The pruning rule in-process, on real Tune trials and a real PBT
+    scheduler (no Ray runtime, milliseconds): per trial the newest ``keep``
+    stay, plus the donor checkpoint PBT recorded for an exploit, the one a
+    restore is reading, and everything of a trial whose save is in flight;
+    the rest leaves the disk and Tune's list of what it may restore."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from pbtflow import ray_internals
+
+    scheduler = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=2,
+                                        hyperparam_mutations={"x": tune.uniform(0.5, 2.0)})
+    trials, results = [], {}
+    for t in range(4):
+        trial = Trial("__fake", stub=True, trial_id=f"t_0000{t}")
+        for step in range(5):
+            folder = tmp_path / f"t{t}" / f"checkpoint_{step:06d}"
+            folder.mkdir(parents=True)
+            (folder / "state.json").write_text("{}")
+            result = _TrainingResult(Checkpoint.from_directory(str(folder)), {"step": step})
+            trial.run_metadata.checkpoint_manager.register_checkpoint(result)
+            results[t, step] = result
+        trials.append(trial)
+    donor = results[1, 0].checkpoint  # PBT will copy trial 1's oldest into another member
+    state = scheduler._trial_state[trials[1]] = _PBTTrialState(trials[1])  # as PBT's on_trial_add
+    state.last_checkpoint = donor
+    trials[2].temporary_state.restoring_from = results[2, 1].checkpoint
+    trials[3].temporary_state.saving_to = object()  # a save in flight: this sweep leaves it alone
+
+    retention = PBTSafeRetention(keep=2, scheduler=scheduler)
+    deleted = retention.prune(trials)
+
+    kept = {t: sorted(int(p.name[-1]) for p in (tmp_path / f"t{t}").iterdir()) for t in range(4)}
+    assert kept == {0: [3, 4], 1: [0, 3, 4], 2: [1, 3, 4], 3: [0, 1, 2, 3, 4]}
+    assert deleted == retention.deleted == 3 + 2 + 2
+    for t, trial in enumerate(trials):  # Tune is never left a deleted checkpoint to restore
+        listed = sorted(int(Path(r.checkpoint.path).name[-1]) for r in ray_internals.checkpoint_results(trial))
+        assert listed == kept[t]
+    assert retention.prune(trials) == 0  # nothing more to delete until new checkpoints arrive

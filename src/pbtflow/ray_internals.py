@@ -18,6 +18,10 @@ checked at the same time:
 - ``stopping.InterruptWatch``: matches Tune's log text "has been interrupted".
 - ``policy_model`` (which cannot import pbtflow): freezes a served
   MeanStdFilter (``_update_stats``).
+- ``trainables.ppo_algorithm``: on an in-place reset, besides the functions
+  below, clears the PPO learner's ``entropy_coeff_schedulers_per_module`` and
+  ``curr_kl_coeffs_per_module`` and gives env runners a new ``metrics``
+  logger (attributes without an underscore, but no API either).
 
 ``tests/test_ray_internals.py`` is the canary: it builds the real objects and
 fails naming the attribute that moved.

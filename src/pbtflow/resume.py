@@ -17,6 +17,7 @@ from ray import cloudpickle
 from pbtflow.experiment import Experiment, SettingError
 
 STATE_FILE = "pbtflow_state.json"
+LEGACY_STATE_FILE = "pbtflow_state.pkl"  # what pbtflow kept before (read, never written)
 VERSION = 1
 _PICKLED = "pickled"  # a value JSON cannot hold (a Python object in a search space), base64
 
@@ -30,24 +31,42 @@ def save(experiment: Experiment, parent_run_id: str, path: Path) -> None:
 
 def load(path: str) -> dict[str, Any]:
     """``{"experiment", "parent_run_id", "path"}`` of the interrupted
-    experiment in folder ``path``."""
-    state_file = Path(path).expanduser() / STATE_FILE
+    experiment in folder ``path`` (also one interrupted by a pbtflow that
+    kept this state pickled, in ``LEGACY_STATE_FILE``)."""
+    folder = Path(path).expanduser()
+    state_file = folder / STATE_FILE
+    if not state_file.is_file() and (folder / LEGACY_STATE_FILE).is_file():
+        return _load_legacy(folder / LEGACY_STATE_FILE)
     if not state_file.is_file():
         raise SettingError(f"resume: {path!r} is not an interrupted pbtflow experiment (no "
                            f"{STATE_FILE}); pass the folder printed when it stopped.")
     try:
         state = json.loads(state_file.read_text())
-        version = state["version"]
+        version = int(state["version"])
+        settings, parent_run_id, where = state["settings"], state["parent_run_id"], state["path"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise SettingError(f"resume: {str(state_file)!r} is not a pbtflow resume state ({exc}); pass "
-                           "the folder printed when the experiment stopped.") from None
+        what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+        raise SettingError(f"resume: {str(state_file)!r} is not a pbtflow resume state ({what}); "
+                           "pass the folder printed when the experiment stopped.") from None
     if version > VERSION:
         raise SettingError(f"resume: {str(state_file)!r} was written by a newer pbtflow (state "
                            f"version {version}, this one reads {VERSION}); resume with that pbtflow.")
     known = {f.name for f in dataclasses.fields(Experiment)}
-    settings = {k: _value(v) for k, v in state["settings"].items() if k in known}
-    return {"experiment": Experiment(**settings), "parent_run_id": state["parent_run_id"],
-            "path": state["path"]}
+    try:
+        values = {k: _value(v) for k, v in settings.items() if k in known}
+    except Exception as exc:  # a pickled value whose class is gone
+        raise SettingError(f"resume: a setting in {str(state_file)!r} cannot be read back "
+                           f"({type(exc).__name__}: {exc}); resume with the pbtflow and packages "
+                           "that started the experiment.") from None
+    return {"experiment": Experiment(**values), "parent_run_id": parent_run_id, "path": where}
+
+
+def _load_legacy(state_file: Path) -> dict[str, Any]:
+    state = cloudpickle.loads(state_file.read_bytes())
+    if "settings" in state:  # the settings as plain values (else the dataclass itself)
+        known = {f.name for f in dataclasses.fields(Experiment)}
+        state["experiment"] = Experiment(**{k: v for k, v in state.pop("settings").items() if k in known})
+    return state
 
 
 def _plain(value: Any) -> Any:

@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Mapping
@@ -60,15 +61,22 @@ def summarize(experiment: Experiment, spec, results: ResultGrid, metric: str,
     log.info("MLflow parent run %s: %s", parent.run_id, parent.where())
 
 
-def preload() -> None:
-    """Import the pictures' libraries (matplotlib) in the background."""
+def preload() -> threading.Thread | None:
+    """Import the pictures' libraries (matplotlib) in the background; not
+    when the caller uses pyplot already (importing plots selects matplotlib's
+    file backend: that stays on the main thread, at the pictures)."""
+    if "matplotlib.pyplot" in sys.modules and "pbtflow.plots" not in sys.modules:
+        return None
+
     def load() -> None:
         try:
             importlib.import_module("pbtflow.plots")
         except Exception:  # noqa: BLE001 (log_plots says what is wrong)
             pass
 
-    threading.Thread(target=load, name="pbtflow-preload", daemon=True).start()
+    thread = threading.Thread(target=load, name="pbtflow-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def log_policy(experiment: Experiment, parent: runs.ParentRun, checkpoint: str) -> None:

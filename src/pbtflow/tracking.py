@@ -63,10 +63,12 @@ def flat_result(result: Mapping[str, Any]) -> dict[str, Any]:
     its config and effective values left out. Every driver callback reads the
     same result object, so the last one flattened is kept and shared."""
     global _flattened
-    if _flattened[0] is not result:
-        _flattened = (result, flatten_dict(
-            {k: v for k, v in result.items() if k not in ("config", "effective")}, delimiter="/"))
-    return _flattened[1]
+    cached, flat = _flattened
+    if cached is not result:
+        flat = flatten_dict({k: v for k, v in result.items() if k not in ("config", "effective")},
+                            delimiter="/")
+        _flattened = (result, flat)
+    return flat
 
 
 def mlflow_params(values: Mapping[str, Any]) -> list[Param]:

@@ -135,17 +135,21 @@ def _start_ray(experiment: Experiment, storage: Path, worker_logs: bool) -> None
     check_storage(storage)
     uri = runs.resolve_tracking_uri(experiment)
     runs.check_reachable(uri)
+    starts_here = not ray.is_initialized() and not cluster.joins_cluster()
     if ray.is_initialized():  # a Ray already running in this process: ask it
         cluster.check_resources(experiment)
-    elif not cluster.joins_cluster():  # Ray would start on this machine
+    elif starts_here:
         cluster.check_resources(experiment, {"CPU": os.cpu_count() or 1, "GPU": float("inf")})
-    store = runs.open_store(uri)  # set up while Ray starts
+    # Ray starting on this machine has passed every check: MLflow's store is
+    # set up meanwhile (a cluster is checked once joined, before any store).
+    store = runs.open_store(uri) if starts_here else None
     try:
         cluster.init_ray(worker_logs)
         ray_internals.check_version()
         cluster.check_resources(experiment)
     finally:
-        store.join()
+        if store is not None:
+            store.join()
 
 
 def _open_record(plan: Plan, parent: runs.ParentRun, replay: Mapping[str, Any] | None) -> None:
@@ -175,13 +179,15 @@ def _fit(tuner: ray_tune.Tuner, plan: Plan, parent: runs.ParentRun) -> tuple[Res
     # Tune turns SIGINT into a clean stop; make SIGTERM do the same.
     previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     interrupt = stopping.InterruptWatch()
-    summary.preload()  # while the members train: the driver mostly waits on Ray then
+    loading = summary.preload()  # while the members train: the driver mostly waits on Ray then
     try:
         with interrupt:
             results = tuner.fit()
     finally:
         signal.signal(signal.SIGTERM, previous)
         tracker.close(spill_to=parent.spill_path)
+        if loading is not None:
+            loading.join(timeout=60)  # never left importing when the process ends
     tracker.end_remaining(ray_internals.trial_statuses(results))
     if stopper.error:  # the trainable does not do what its settings say
         raise SettingError(stopper.error)

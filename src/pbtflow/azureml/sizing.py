@@ -9,7 +9,6 @@ import textwrap
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-
 from pbtflow.experiment import SettingError
 
 MODES = ("parallel", "round-robin")

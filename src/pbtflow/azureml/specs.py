@@ -28,7 +28,6 @@ CPU_ENVIRONMENT = "azureml:pbtflow-cpu@latest"  # environments/cpu.yml
 GPU_ENVIRONMENT = "azureml:pbtflow-gpu@latest"  # environments/gpu.yml
 
 
-
 @dataclass(frozen=True)
 class JobOptions:
     """What the job spec holds besides the plan. ``settings`` are further

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from pbtflow.azureml.sizing import _fail
 from pbtflow.azureml.specs import _INSTALL_HINT, _azure_ml, _first_line, _quiet_azure, validate_job_file
 from pbtflow.experiment import AzureMLError
