@@ -120,7 +120,7 @@ def test_rllibs_learner_and_env_runner_state_is_where_pbtflow_sets_it(learner_an
     # PPO's in-place reset also renews these (trainables/ppo_algorithm.py).
     found += _missing(learner, ("entropy_coeff_schedulers_per_module", "curr_kl_coeffs_per_module"),
                       type(learner).__name__)
-    found += _missing(env_runner, ("_weights_seq_no", "_needs_initial_reset", "metrics"),
+    found += _missing(env_runner, ("_weights_seq_no", "_needs_initial_reset", "metrics", "_env_to_module"),
                       type(env_runner).__name__)
     if "_update_stats" not in inspect.getsource(MeanStdFilter):
         found.append("MeanStdFilter._update_stats (policy_model freezes a served filter)")
@@ -135,5 +135,13 @@ def test_rllibs_learner_and_env_runner_state_is_where_pbtflow_sets_it(learner_an
     ray_internals.forget_weights_version(learner)
     ray_internals.forget_weights_version(env_runner)
     ray_internals.restart_episodes(env_runner)
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    filtered = SingleAgentEnvRunner(config=config.copy(copy_frozen=False).env_runners(
+        env_to_module_connector=lambda *_: MeanStdFilter()))
+    ray_internals.freeze_observation_filters(filtered)
+    assert [piece._update_stats for piece in filtered._env_to_module.connectors
+            if isinstance(piece, MeanStdFilter)] == [False]
+    filtered.stop()
     assert learner._weights_seq_no == 0 and env_runner._needs_initial_reset
     assert ray_internals.learner_connectors(learner), "the learner's connector pipeline is empty"

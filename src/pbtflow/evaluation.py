@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import ray
 from ray.exceptions import GetTimeoutError
 
-from pbtflow import names
+from pbtflow import names, ray_internals
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,10 @@ def _play(trainable: type, config: dict, checkpoint: str, episodes: int, seed: i
     algorithm = trainable(config=config)
     try:
         algorithm.restore(checkpoint)
+        # The member's observation statistics as they are served (frozen): a
+        # filter that kept learning over these episodes would be judged on
+        # statistics the served policy does not have.
+        ray_internals.freeze_observation_filters(algorithm.env_runner)
         returns: list[float] = []
         while len(returns) < episodes:
             done = algorithm.env_runner.sample(num_episodes=episodes - len(returns), explore=False)

@@ -118,6 +118,16 @@ def forget_weights_version(learner_or_env_runner: Any) -> None:
     learner_or_env_runner._weights_seq_no = 0
 
 
+def freeze_observation_filters(env_runner: Any) -> None:
+    """Stop the env runner's MeanStdFilters from moving their statistics (an
+    evaluation plays the policy as it is served: policy_model freezes them too)."""
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
+
+    for piece in env_runner._env_to_module.connectors:
+        if isinstance(piece, MeanStdFilter):
+            piece._update_stats = False
+
+
 def restart_episodes(env_runner: Any) -> None:
     """Reset the env runner's environments at its next sample (no episode
     continues across members)."""
