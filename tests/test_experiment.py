@@ -209,7 +209,12 @@ def test_a_resume_state_survives_settings_added_or_removed(tmp_path):
                             initial={"lr": 0.01, "model": {"hiddens": [32, 32]}},
                             mutations={"lr": tune.loguniform(1e-4, 1e-1), "gamma": [0.9, 0.99]})
     resume.save(experiment, "run123", tmp_path)
-    data = json.loads((tmp_path / resume.STATE_FILE).read_text())  # what a person reads
+    def not_json(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    # what a person (or any strict JSON reader) reads
+    data = json.loads((tmp_path / resume.STATE_FILE).read_text(), parse_constant=not_json)
+    assert data["settings"]["stop_return"] == {"float": "inf"}
     assert data["version"] == resume.VERSION and data["parent_run_id"] == "run123"
     assert data["settings"]["population"] == 3 and data["settings"]["initial"]["model"] == {"hiddens": [32, 32]}
     assert set(data["settings"]["mutations"]["lr"]) == {"pickled"}  # a Python object: exact, not readable

@@ -154,6 +154,9 @@ def test_the_evaluation_agrees_with_rllibs_own(smoke_run):
     the other member's greedy return 188; in another RLlib's episodes averaged
     440 where pbtflow's 3 had all reached 500, so single means are not compared
     with a fixed tolerance)."""
+    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
+    from ray.rllib.core import COMPONENT_ENV_TO_MODULE_CONNECTOR
+
     from pbtflow.trainables.ppo_algorithm import PBTPPO
 
     results, client, _ = smoke_run
@@ -163,16 +166,26 @@ def test_the_evaluation_agrees_with_rllibs_own(smoke_run):
     child = next(c for c in runs_by_role(client, "smoke")[1] if c.data.tags[names.TRIAL_ID] == best)
     config = {**result.config, "num_env_runners": 0, "evaluation_interval": 1,
               "evaluation_num_env_runners": 0,
-              "evaluation_config": {"explore": False, "num_envs_per_env_runner": 1}}
+              "evaluation_config": {
+                  "explore": False, "num_envs_per_env_runner": 1,
+                  # RLlib's public switch for a filter that keeps its statistics,
+                  # as the served policy does (pbtflow's evaluation freezes them);
+                  # a config dict names the connector by its attribute.
+                  "_env_to_module_connector": lambda env, spaces, device: MeanStdFilter(
+                      update_stats=False)}}
     algorithm = PBTPPO(config=config)
     try:
         algorithm.restore(result.checkpoint.path)
         # RLlib restores the training env runner only: its evaluation runner
-        # would normalise observations with fresh MeanStdFilter statistics.
+        # would normalise observations with fresh MeanStdFilter statistics
+        # (set_state copies the statistics and keeps update_stats off).
         algorithm.eval_env_runner.set_state(algorithm.env_runner.get_state())
+        before = algorithm.eval_env_runner.get_state()[COMPONENT_ENV_TO_MODULE_CONNECTOR]
         episodes = algorithm.eval_env_runner.sample(num_episodes=20, explore=False)
+        after = algorithm.eval_env_runner.get_state()[COMPONENT_ENV_TO_MODULE_CONNECTOR]
     finally:
         algorithm.stop()
+    assert repr(after) == repr(before)  # the filter's statistics did not move
     theirs = np.array([e.get_return() for e in episodes])
     metrics = child.data.metrics
     mine, spread, n = (metrics[names.EVAL_RETURN_MEAN], metrics[names.EVAL_RETURN_STD],

@@ -7,26 +7,28 @@ is dropped."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ray import cloudpickle
 
-from pbtflow.experiment import Experiment, SettingError
+from pbtflow.experiment import Experiment, SettingError, field_names
 
 STATE_FILE = "pbtflow_state.json"
 LEGACY_STATE_FILE = "pbtflow_state.pkl"  # what pbtflow kept before (read, never written)
 VERSION = 1
 _PICKLED = "pickled"  # a value JSON cannot hold (a Python object in a search space), base64
+_FLOAT = "float"  # inf, -inf or nan, which strict JSON cannot hold
+_MARKERS = {"tuple", _FLOAT, _PICKLED}
 
 
 def save(experiment: Experiment, parent_run_id: str, path: Path) -> None:
     """Write the resume state of ``experiment`` into its folder ``path``."""
     state = {"version": VERSION, "parent_run_id": parent_run_id, "path": str(path),
              "settings": {key: _plain(value) for key, value in experiment.to_dict().items()}}
-    (path / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    (path / STATE_FILE).write_text(json.dumps(state, indent=2, allow_nan=False) + "\n")
 
 
 def load(path: str) -> dict[str, Any]:
@@ -51,9 +53,8 @@ def load(path: str) -> dict[str, Any]:
     if version > VERSION:
         raise SettingError(f"resume: {str(state_file)!r} was written by a newer pbtflow (state "
                            f"version {version}, this one reads {VERSION}); resume with that pbtflow.")
-    known = {f.name for f in dataclasses.fields(Experiment)}
     try:
-        values = {k: _value(v) for k, v in settings.items() if k in known}
+        values = {k: _value(v) for k, v in _known(settings).items()}
     except Exception as exc:  # a pickled value whose class is gone
         raise SettingError(f"resume: a setting in {str(state_file)!r} cannot be read back "
                            f"({type(exc).__name__}: {exc}); resume with the pbtflow and packages "
@@ -64,9 +65,14 @@ def load(path: str) -> dict[str, Any]:
 def _load_legacy(state_file: Path) -> dict[str, Any]:
     state = cloudpickle.loads(state_file.read_bytes())
     if "settings" in state:  # the settings as plain values (else the dataclass itself)
-        known = {f.name for f in dataclasses.fields(Experiment)}
-        state["experiment"] = Experiment(**{k: v for k, v in state.pop("settings").items() if k in known})
+        state["experiment"] = Experiment(**_known(state.pop("settings")))
     return state
+
+
+def _known(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings this pbtflow has (a setting since removed is dropped)."""
+    known = set(field_names())
+    return {k: v for k, v in settings.items() if k in known}
 
 
 def _plain(value: Any) -> Any:
@@ -75,10 +81,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return {"tuple": [_plain(v) for v in value]}
     if isinstance(value, dict) and all(isinstance(k, str) for k in value) and \
-            not ({"tuple", _PICKLED} & value.keys() and len(value) == 1):
+            not (_MARKERS & value.keys() and len(value) == 1):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_FLOAT: repr(value)}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return {_PICKLED: base64.b64encode(cloudpickle.dumps(value)).decode("ascii")}
@@ -88,6 +96,8 @@ def _value(plain: Any) -> Any:
     if isinstance(plain, dict):
         if set(plain) == {"tuple"}:
             return tuple(_value(v) for v in plain["tuple"])
+        if set(plain) == {_FLOAT}:
+            return float(plain[_FLOAT])
         if set(plain) == {_PICKLED}:
             return cloudpickle.loads(base64.b64decode(plain[_PICKLED]))
         return {k: _value(v) for k, v in plain.items()}

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 import yaml
@@ -42,14 +42,22 @@ def open_store(uri: str) -> threading.Thread:
     """Start setting up MLflow's store for ``uri`` in the background (for a new
     SQLite file, its tables: about 2.5 s), so that it overlaps Ray's start-up;
     MLflow keeps the store for the process. Join the thread before the first
-    use of the store: two threads creating it at once would race."""
-    def set_up() -> None:
+    use of the store: two threads creating it at once would race. A failure is
+    left to parent_run, which says what is wrong in one sentence."""
+    return in_background(lambda: MlflowClient(uri).search_experiments(max_results=1),
+                         "pbtflow-mlflow-store")
+
+
+def in_background(work: Callable[[], Any], name: str) -> threading.Thread:
+    """``work`` started in a daemon thread; what it raises is dropped (the
+    caller does the same work again where an error would be reported)."""
+    def run() -> None:
         try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception:  # noqa: BLE001 (parent_run says what is wrong, in one sentence)
+            work()
+        except Exception:  # noqa: BLE001,S110
             pass
 
-    thread = threading.Thread(target=set_up, name="pbtflow-mlflow-store", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
 
@@ -217,12 +225,11 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 @contextmanager
-def parent_run(experiment: Experiment, resume_run_id: str | None = None,
+def parent_run(experiment: Experiment, uri: str, resume_run_id: str | None = None,
                run_name: str | None = None) -> Iterator[ParentRun]:
-    """Open the parent run named ``run_name`` (or reopen ``resume_run_id``);
-    end it FINISHED, FAILED (with the error) or KILLED."""
-    uri = resolve_tracking_uri(experiment)
-    check_reachable(uri)
+    """Open the parent run named ``run_name`` (or reopen ``resume_run_id``) at
+    tracking URI ``uri`` (resolved and checked reachable by the caller); end
+    it FINISHED, FAILED (with the error) or KILLED."""
     client = MlflowClient(uri)
     active = mlflow.active_run()
     env_run = os.environ.get("MLFLOW_RUN_ID")

@@ -67,16 +67,7 @@ def preload() -> threading.Thread | None:
     file backend: that stays on the main thread, at the pictures)."""
     if "matplotlib.pyplot" in sys.modules and "pbtflow.plots" not in sys.modules:
         return None
-
-    def load() -> None:
-        try:
-            importlib.import_module("pbtflow.plots")
-        except Exception:  # noqa: BLE001 (log_plots says what is wrong)
-            pass
-
-    thread = threading.Thread(target=load, name="pbtflow-preload", daemon=True)
-    thread.start()
-    return thread
+    return runs.in_background(lambda: importlib.import_module("pbtflow.plots"), "pbtflow-preload")
 
 
 def log_policy(experiment: Experiment, parent: runs.ParentRun, checkpoint: str) -> None:

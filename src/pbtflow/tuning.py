@@ -84,8 +84,8 @@ def _tune(experiment: Experiment, replay: Mapping[str, Any] | None, worker_logs:
         random.seed(experiment.seed)
         np.random.seed(experiment.seed)
     plan = _plan(experiment, replay, state)
-    _start_ray(experiment, plan.storage, worker_logs)
-    with runs.parent_run(experiment, state["parent_run_id"] if state else None,
+    uri = _start_ray(experiment, plan.storage, worker_logs)
+    with runs.parent_run(experiment, uri, state["parent_run_id"] if state else None,
                          run_name=plan.experiment_path.name) as parent:
         parent.spill_path = plan.experiment_path / delivery.SPILL_FILE
         if state is None:
@@ -128,10 +128,10 @@ def _plan(experiment: Experiment, replay: Mapping[str, Any] | None,
                 Path(state["path"]) if state else storage / run_name)
 
 
-def _start_ray(experiment: Experiment, storage: Path, worker_logs: bool) -> None:
+def _start_ray(experiment: Experiment, storage: Path, worker_logs: bool) -> str:
     """Fail on an unwritable storage path or an unreachable tracking server
     before Ray starts, and on a trial larger than the cluster before a parent
-    run is opened; then start or join Ray."""
+    run is opened; then start or join Ray. Returns the tracking URI."""
     check_storage(storage)
     uri = runs.resolve_tracking_uri(experiment)
     runs.check_reachable(uri)
@@ -150,6 +150,7 @@ def _start_ray(experiment: Experiment, storage: Path, worker_logs: bool) -> None
     finally:
         if store is not None:
             store.join()
+    return uri
 
 
 def _open_record(plan: Plan, parent: runs.ParentRun, replay: Mapping[str, Any] | None) -> None:
