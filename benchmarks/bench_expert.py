@@ -151,6 +151,8 @@ def run_pbtflow(storage: str, seed: int, cpus: float | None = None, population: 
         (tracking.TrialTracker, "on_trial_start", "tracking callback"),
         (tracking.TrialTracker, "on_trial_complete", "tracking callback"),
         (delivery.Writer, "flush", "MLflow writer (its thread)"),
+        (delivery, "deliver", "MLflow writer: store calls in the driver"),
+        (delivery.StoreHelper, "deliver", "MLflow writer: through its helper process"),
         (retention.PBTSafeRetention, "on_checkpoint", "retention"),
         (retention.PBTSafeRetention, "on_trial_complete", "retention"),
         (console.Progress, "on_trial_result", "progress"),

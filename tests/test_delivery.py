@@ -9,10 +9,21 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pbtflow import delivery, names, runs
+
+
+def _writer(client: MlflowClient, helper: bool) -> delivery.Writer:
+    """A writer flushed by hand; with ``helper``, its helper process started
+    (by a first flush, with nothing to send) and ready."""
+    writer = delivery.Writer(client, interval=3600, helper_after=0.0 if helper else None)
+    if helper:
+        assert writer.flush()
+        assert writer._helper is not None and writer._helper.ready(timeout=60)
+    return writer
 
 
 def _dead_uri() -> str:
@@ -23,7 +34,8 @@ def _dead_uri() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def test_what_mlflow_did_not_take_is_spilled_and_synced_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("helper", [False, True], ids=["driver-writes", "helper-process"])
+def test_what_mlflow_did_not_take_is_spilled_and_synced_once(tmp_path, monkeypatch, helper):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -34,7 +46,7 @@ def test_what_mlflow_did_not_take_is_spilled_and_synced_once(tmp_path, monkeypat
                                                    names.PARENT_RUN_ID: parent}).info.run_id
 
     away = MlflowClient(_dead_uri())
-    writer = delivery.Writer(away, interval=3600)  # flushed by hand below
+    writer = _writer(away, helper)
     rows = [Metric("score", float(step) / 7, 1_700_000_000_000 + step, step) for step in range(600)]
     writer.add(child, rows[:300])
     assert writer.flush() is False  # the server is away: nothing lost, nothing sent
@@ -61,3 +73,58 @@ def test_what_mlflow_did_not_take_is_spilled_and_synced_once(tmp_path, monkeypat
     assert fresh.get_run(parent).data.tags["k"] == "v"
     # The driver that spilled is gone: its parent run does not stay RUNNING.
     assert fresh.get_run(parent).info.status != "RUNNING"
+
+
+def test_the_helper_process_writes_and_a_lost_helper_loses_nothing(tmp_path, caplog):
+    """The writer's store calls go through its helper process; if the helper
+    dies mid-run, the driver writes from then on and every row arrives once."""
+    class DriverCalls(MlflowClient):
+        """The driver's client: counts the store calls made in this process."""
+        calls = 0
+
+        def log_batch(self, *args, **kwargs):
+            DriverCalls.calls += 1
+            return super().log_batch(*args, **kwargs)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = DriverCalls(uri)
+    experiment_id = client.create_experiment("helper")
+    runs = [client.create_run(experiment_id).info.run_id for _ in range(3)]
+    writer = _writer(client, helper=True)
+    rows = {run: [Metric("score", float(i + k), 1_700_000_000_000 + i, i) for i in range(400)]
+            for k, run in enumerate(runs)}
+    for run in runs:
+        writer.add(run, rows[run][:200])
+    assert writer.flush()
+    # The helper wrote these: the driver made no store call.
+    assert DriverCalls.calls == 0
+    assert len(MlflowClient(uri).get_metric_history(runs[0], "score")) == 200
+    writer._helper._process.kill()
+    writer._helper._process.wait()
+    for run in runs:
+        writer.add(run, rows[run][200:])
+    writer.terminate(runs[2], "FAILED")
+    assert writer.flush()
+    assert writer._helper is None and "writer process stopped" in caplog.text
+    assert DriverCalls.calls == len(runs)  # the driver wrote the rest itself
+    writer.close()
+    fresh = MlflowClient(uri)
+    for run in runs:
+        history = fresh.get_metric_history(run, "score")
+        assert sorted((m.step, m.value) for m in history) == [(m.step, m.value) for m in rows[run]]
+    assert fresh.get_run(runs[2]).info.status == "FAILED"
+
+
+def test_a_small_population_never_starts_the_helper(tmp_path):
+    """The helper starts only once the store calls have taken HELPER_AFTER_S
+    in the driver: a few flushes of a small population stay in the driver."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("small")).info.run_id
+    writer = delivery.Writer(client, interval=3600, helper_after=delivery.HELPER_AFTER_S)
+    for step in range(5):
+        writer.add(run, [Metric("score", float(step), 1_700_000_000_000, step)])
+        assert writer.flush()
+    assert writer._helper is None and 0 < writer._store_seconds < delivery.HELPER_AFTER_S
+    writer.close()
+    assert len(MlflowClient(uri).get_metric_history(run, "score")) == 5

@@ -1,14 +1,21 @@
 """Delivery to MLflow: metric rows buffered and sent in batches by a
-background thread, and every other write described as plain data, so that what
-MLflow does not take (a tracking server away) is kept in a spill file for
-`pbtflow sync`."""
+background thread (through a helper process that makes the store calls, so
+that their CPU time is not taken from the driver's), and every other write
+described as plain data, so that what MLflow does not take (a tracking server
+away) is kept in a spill file for `pbtflow sync`."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -25,6 +32,8 @@ def batches(rows: list) -> Iterator[list]:
     """``rows`` in slices MLflow accepts in one ``log_batch`` call."""
     return (rows[start:start + BATCH_LIMIT] for start in range(0, len(rows), BATCH_LIMIT))
 MAX_FLUSH_WAIT = 30.0  # seconds between flushes of metric rows, at most
+HELPER_AFTER_S = 1.0  # seconds of store calls in the driver after which a helper process makes them
+HELPER_START_S = 60.0  # at the end, how long the rows wait for a helper still starting
 
 
 class Writer:
@@ -39,11 +48,21 @@ class Writer:
     rows (and run endings) are kept and sent once it answers; what is still
     unsent at the end is spilled to a file for `pbtflow sync`."""
 
-    def __init__(self, client: MlflowClient, interval: float = 2.0, busy: float = 0.1) -> None:
+    def __init__(self, client: MlflowClient, interval: float = 2.0, busy: float = 0.1,
+                 helper_after: float | None = None) -> None:
         self._client = client
         self._interval = interval
         self._busy = busy
         self._wait = interval
+        # The store calls move to a helper process once they have taken
+        # ``helper_after`` seconds here (a large population): on the driver,
+        # their CPU time (about 0.2 ms per row on SQLite) held the interpreter
+        # the callbacks need, and every member waits on the driver for its next
+        # step. A small population never pays the helper's start (about 2 s of
+        # a core for Python and MLflow's imports); while it starts, rows wait.
+        self._helper_after = helper_after
+        self._store_seconds = 0.0
+        self._helper: StoreHelper | None = None
         self._pending: dict[str, list[Metric]] = {}
         self._terminal: dict[str, str] = {}  # run id -> status, set after its rows are sent
         self._lock = threading.Lock()
@@ -73,29 +92,14 @@ class Writer:
             with self._lock:
                 pending, self._pending = self._pending, {}
                 terminal = dict(self._terminal)
-            failure = None
+            sent, ended, failure = self._deliver(pending, terminal)
             for run_id, rows in pending.items():
-                sent = 0
-                if failure is None and not run_id.startswith("unborn:"):
-                    for batch in batches(rows):
-                        try:
-                            self._client.log_batch(run_id, metrics=batch)
-                            sent += len(batch)
-                        except Exception as exc:  # the server is away: keep the rows for later
-                            failure = exc
-                            break
-                if sent < len(rows):
+                if sent.get(run_id, 0) < len(rows):  # the server is away: keep the rows for later
                     with self._lock:
-                        self._pending.setdefault(run_id, [])[:0] = rows[sent:]
-            for run_id, status in terminal.items():
-                if failure is not None:
-                    break
-                try:
-                    self._client.set_terminated(run_id, status)
-                    with self._lock:
-                        self._terminal.pop(run_id, None)
-                except Exception as exc:
-                    failure = exc
+                        self._pending.setdefault(run_id, [])[:0] = rows[sent.get(run_id, 0):]
+            with self._lock:
+                for run_id in ended:
+                    self._terminal.pop(run_id, None)
             if failure is not None and not self._down:
                 log.warning("pbtflow: could not write to MLflow (%s); tuning goes on and the "
                             "metrics are kept until it answers.", failure)
@@ -104,12 +108,41 @@ class Writer:
             self._down = failure is not None
             return failure is None
 
+    def _deliver(self, pending: Mapping[str, list[Metric]],
+                 terminal: Mapping[str, str]) -> tuple[dict[str, int], list[str], str | None]:
+        if self._helper_after is not None and self._store_seconds >= self._helper_after \
+                and not self._down:  # not for calls that only wait on a server away
+            self._helper_after = None  # started once
+            self._helper = StoreHelper.start(self._client.tracking_uri)
+        if self._helper is not None:
+            closing = self._stop.is_set()
+            try:
+                if self._helper.ready(timeout=HELPER_START_S if closing else 0.0):
+                    return self._helper.deliver(pending, terminal)
+                if not closing:  # it is starting (a few seconds): the rows wait for it
+                    return {run_id: 0 for run_id in pending}, [], None
+                raise EOFError(f"it did not start within {HELPER_START_S:.0f} s")
+            except (OSError, EOFError) as exc:  # the helper is gone: the driver writes
+                log.warning("pbtflow: the MLflow writer process stopped (%s); the driver writes "
+                            "the metrics itself from now on.", exc or type(exc).__name__)
+                self._helper.close()
+                self._helper = None
+        start = time.perf_counter()
+        try:
+            return deliver(self._client, pending, terminal)
+        finally:
+            self._store_seconds += time.perf_counter() - start
+
     def close(self, spill_to: Path | None = None) -> Path | None:
         """Stop the thread and send the rest; if MLflow is still away, write it
         to ``spill_to`` and return that path."""
         self._stop.set()
         self._thread.join()
-        if self.flush() or spill_to is None:
+        delivered = self.flush()
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
+        if delivered or spill_to is None:
             return None
         with self._lock:
             rows = {run: [[m.key, m.value, m.timestamp, m.step] for m in ms]
@@ -124,6 +157,116 @@ class Writer:
             self.flush()
             spent = time.perf_counter() - start
             self._wait = min(MAX_FLUSH_WAIT, max(self._interval, spent * (1 - self._busy) / self._busy))
+
+
+def deliver(client: MlflowClient, pending: Mapping[str, list[Metric]],
+            terminal: Mapping[str, str]) -> tuple[dict[str, int], list[str], str | None]:
+    """Send each run's rows, then the run endings, until MLflow refuses one
+    call; returns the rows sent per run, the runs ended and the refusal.
+    Rows kept under a placeholder (``unborn:``, no run yet) are not sent."""
+    sent: dict[str, int] = {}
+    failure = None
+    for run_id, rows in pending.items():
+        sent[run_id] = 0
+        if failure is not None or run_id.startswith("unborn:"):
+            continue
+        for batch in batches(rows):
+            try:
+                client.log_batch(run_id, metrics=batch)
+                sent[run_id] += len(batch)
+            except Exception as exc:  # noqa: BLE001 (the server is away: the caller keeps them)
+                failure = str(exc) or type(exc).__name__
+                break
+    ended = []
+    for run_id, status in terminal.items():
+        if failure is not None:
+            break
+        try:
+            client.set_terminated(run_id, status)
+            ended.append(run_id)
+        except Exception as exc:  # noqa: BLE001
+            failure = str(exc) or type(exc).__name__
+    return sent, ended, failure
+
+
+class StoreHelper:
+    """A child process that makes the writer's store calls (``deliver``) for
+    one tracking URI: rows go to it as plain tuples over a socket pair and the
+    outcome comes back. It inherits the driver's environment (credentials
+    included), ignores Ctrl-C (the driver decides when to stop) and ends when
+    the driver closes the connection or exits."""
+
+    def __init__(self, process: subprocess.Popen, connection: Connection) -> None:
+        self._process = process
+        self._connection = connection
+        self._ready = False
+
+    @classmethod
+    def start(cls, tracking_uri: str) -> "StoreHelper | None":
+        """The helper, or None (the writer's thread then calls the store) if
+        it cannot start."""
+        ours, theirs = socket.socketpair()
+        package_root = str(Path(__file__).resolve().parents[1])  # pbtflow importable, installed or not
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pbtflow.delivery", str(theirs.fileno()), tracking_uri],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        except (OSError, ValueError) as exc:  # ValueError: no pass_fds on this platform
+            log.info("pbtflow: no MLflow writer process (%s); the driver writes the metrics.", exc)
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+        return cls(process, Connection(ours.detach()))
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether the helper has imported MLflow and opened the store (it
+        says so once); raises EOFError if it died before."""
+        if not self._ready and self._connection.poll(timeout):
+            self._ready = self._connection.recv() == "ready"
+        return self._ready
+
+    def deliver(self, pending: Mapping[str, list[Metric]],
+                terminal: Mapping[str, str]) -> tuple[dict[str, int], list[str], str | None]:
+        self._connection.send(({run: [(m.key, m.value, m.timestamp, m.step) for m in rows]
+                                for run, rows in pending.items()}, dict(terminal)))
+        return self._connection.recv()
+
+    def close(self) -> None:
+        try:
+            self._connection.send(None)
+        except OSError:
+            pass
+        self._connection.close()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def _serve(fd: int, tracking_uri: str) -> None:
+    """The helper's side: deliver each request until the driver stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    connection = Connection(fd)
+    client = MlflowClient(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)  # the store opened before the first rows
+    except Exception:  # noqa: BLE001,S110 (deliver reports what the store refuses)
+        pass
+    connection.send("ready")
+    while True:
+        try:
+            request = connection.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        rows, terminal = request
+        connection.send(deliver(client, {run: [Metric(*row) for row in items]
+                                         for run, items in rows.items()}, terminal))
 
 
 def spill(path: Path, tracking_uri: str, rows: Mapping[str, list], terminal: Mapping[str, str],
@@ -174,3 +317,7 @@ def send_or_spill(client: MlflowClient, delivery: Mapping[str, Any], spill_to: P
                     "pbtflow sync.", delivery.get("path") or delivery.get("key") or delivery["kind"],
                     delivery["run_id"], exc, spill_to)
         return False
+
+
+if __name__ == "__main__":  # the writer's helper process (StoreHelper)
+    _serve(int(sys.argv[1]), sys.argv[2])

@@ -20,7 +20,7 @@ from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
 from pbtflow import names
-from pbtflow.delivery import Writer, send_or_spill
+from pbtflow.delivery import HELPER_AFTER_S, Writer, send_or_spill
 from pbtflow.lineage import trial_index
 from pbtflow.pbt import get_path
 from pbtflow.credentials import REDACTED, is_secret, redact, scrub
@@ -128,7 +128,7 @@ class TrialTracker(Callback):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         if self._writer is None:
-            self._writer = Writer(self._client)
+            self._writer = Writer(self._client, helper_after=HELPER_AFTER_S)
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment
         state = dict(self.__dict__)
