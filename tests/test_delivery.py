@@ -128,3 +128,57 @@ def test_a_small_population_never_starts_the_helper(tmp_path):
     assert writer._helper is None and 0 < writer._store_seconds < delivery.HELPER_AFTER_S
     writer.close()
     assert len(MlflowClient(uri).get_metric_history(run, "score")) == 5
+
+
+def test_rows_a_lost_helper_confirmed_are_not_sent_again(tmp_path):
+    """The helper confirms each call MLflow took; if it is lost mid-request,
+    the driver sends only the rest (a store that keeps duplicates, such as
+    MLflow's file store or Azure ML, would otherwise show rows twice). A
+    stand-in for the helper writes the first run's rows to the real store,
+    confirms them and is lost."""
+
+    class DriverCalls(MlflowClient):
+        calls: list = []
+
+        def log_batch(self, run_id, *args, **kwargs):
+            DriverCalls.calls.append(run_id)
+            return super().log_batch(run_id, *args, **kwargs)
+
+    class LostAfterOneRun:
+        closed = False
+
+        def __init__(self, client):
+            self.client = client
+
+        def ready(self, timeout=0.0):
+            return True
+
+        def starting_for(self):
+            return 0.0
+
+        def deliver(self, pending, terminal):
+            run_id, rows = next(iter(pending.items()))
+            self.client.log_batch(run_id, metrics=rows)
+            raise delivery.HelperLost("killed", {run_id: len(rows)}, [])
+
+        def close(self):
+            LostAfterOneRun.closed = True
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = DriverCalls(uri)
+    experiment_id = client.create_experiment("lost")
+    runs = [client.create_run(experiment_id).info.run_id for _ in range(3)]
+    writer = delivery.Writer(client, interval=3600)
+    writer._helper = LostAfterOneRun(MlflowClient(uri))
+    for k, run in enumerate(runs):
+        writer.add(run, [Metric("score", float(i + k), 1_700_000_000_000, i) for i in range(50)])
+    writer.terminate(runs[0], "FINISHED")
+    assert writer.flush()
+    assert LostAfterOneRun.closed and writer._helper is None
+    assert DriverCalls.calls == runs[1:]  # the first run's rows were not sent again
+    writer.close()
+    fresh = MlflowClient(uri)
+    for k, run in enumerate(runs):
+        assert [m.value for m in sorted(fresh.get_metric_history(run, "score"), key=lambda m: m.step)] \
+            == [float(i + k) for i in range(50)]
+    assert fresh.get_run(runs[0]).info.status == "FINISHED"

@@ -236,8 +236,15 @@ def test_a_resume_state_survives_settings_added_or_removed(tmp_path):
 
     data["version"] = resume.VERSION + 1
     (tmp_path / resume.STATE_FILE).write_text(json.dumps(data))
-    with pytest.raises(SettingError, match=r"^resume: .* was written by a newer pbtflow \(state version 2"):
+    with pytest.raises(SettingError, match=r"^resume: .* was written by a newer pbtflow \(state version 3"):
         resume.load(str(tmp_path))
+
+    # Version 1 had no float marker: a one-key dict {"float": ...} was a dict.
+    data["version"] = 1
+    data["settings"]["initial"] = {"float": "inf"}
+    data["settings"]["stop_return"] = 450.0
+    (tmp_path / resume.STATE_FILE).write_text(json.dumps(data))
+    assert resume.load(str(tmp_path))["experiment"].initial == {"float": "inf"}
 
 
 def test_an_experiment_interrupted_by_an_older_pbtflow_still_resumes(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
+import site
 import socket
 import subprocess
 import sys
@@ -17,7 +17,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -92,7 +92,10 @@ class Writer:
             with self._lock:
                 pending, self._pending = self._pending, {}
                 terminal = dict(self._terminal)
-            sent, ended, failure = self._deliver(pending, terminal)
+            try:
+                sent, ended, failure = self._deliver(pending, terminal)
+            except Exception as exc:  # noqa: BLE001 (nothing is lost: every row is kept)
+                sent, ended, failure = {}, [], f"{type(exc).__name__}: {exc}"
             for run_id, rows in pending.items():
                 if sent.get(run_id, 0) < len(rows):  # the server is away: keep the rows for later
                     with self._lock:
@@ -110,34 +113,42 @@ class Writer:
 
     def _deliver(self, pending: Mapping[str, list[Metric]],
                  terminal: Mapping[str, str]) -> tuple[dict[str, int], list[str], str | None]:
-        if self._helper_after is not None and self._store_seconds >= self._helper_after \
-                and not self._down:  # not for calls that only wait on a server away
+        if self._helper_after is not None and self._store_seconds >= self._helper_after:
             self._helper_after = None  # started once
             self._helper = StoreHelper.start(self._client.tracking_uri)
+        sent: dict[str, int] = {}
+        ended: list[str] = []
         if self._helper is not None:
             closing = self._stop.is_set()
             try:
-                if self._helper.ready(timeout=HELPER_START_S if closing else 0.0):
+                left = max(0.0, HELPER_START_S - self._helper.starting_for())
+                if self._helper.ready(timeout=left if closing else 0.0):
                     return self._helper.deliver(pending, terminal)
-                if not closing:  # it is starting (a few seconds): the rows wait for it
+                if left > 0 and not closing:  # it is starting (a few seconds): the rows wait for it
                     return {run_id: 0 for run_id in pending}, [], None
-                raise EOFError(f"it did not start within {HELPER_START_S:.0f} s")
-            except (OSError, EOFError) as exc:  # the helper is gone: the driver writes
+                raise HelperLost(f"it did not start within {HELPER_START_S:.0f} s", {}, [])
+            except (HelperLost, OSError, EOFError) as exc:  # the helper is gone: the driver writes
                 log.warning("pbtflow: the MLflow writer process stopped (%s); the driver writes "
                             "the metrics itself from now on.", exc or type(exc).__name__)
                 self._helper.close()
                 self._helper = None
+                if isinstance(exc, HelperLost):  # what it confirmed is not sent again
+                    sent, ended = exc.sent, exc.ended
+                    pending = {run_id: rows[sent.get(run_id, 0):] for run_id, rows in pending.items()}
+                    terminal = {run_id: status for run_id, status in terminal.items() if run_id not in ended}
         start = time.perf_counter()
-        try:
-            return deliver(self._client, pending, terminal)
-        finally:
+        more, more_ended, failure = deliver(self._client, pending, terminal)
+        if failure is None:  # not the time spent waiting on a server away
             self._store_seconds += time.perf_counter() - start
+        return ({run_id: sent.get(run_id, 0) + more.get(run_id, 0) for run_id in {**sent, **more}},
+                ended + more_ended, failure)
 
     def close(self, spill_to: Path | None = None) -> Path | None:
         """Stop the thread and send the rest; if MLflow is still away, write it
         to ``spill_to`` and return that path."""
         self._stop.set()
         self._thread.join()
+        self._helper_after = None  # no helper is started for the last rows
         delivered = self.flush()
         if self._helper is not None:
             self._helper.close()
@@ -159,11 +170,13 @@ class Writer:
             self._wait = min(MAX_FLUSH_WAIT, max(self._interval, spent * (1 - self._busy) / self._busy))
 
 
-def deliver(client: MlflowClient, pending: Mapping[str, list[Metric]],
-            terminal: Mapping[str, str]) -> tuple[dict[str, int], list[str], str | None]:
+def deliver(client: MlflowClient, pending: Mapping[str, list[Metric]], terminal: Mapping[str, str],
+            done: Callable[[str, int], None] | None = None) -> tuple[dict[str, int], list[str], str | None]:
     """Send each run's rows, then the run endings, until MLflow refuses one
     call; returns the rows sent per run, the runs ended and the refusal.
-    Rows kept under a placeholder (``unborn:``, no run yet) are not sent."""
+    Rows kept under a placeholder (``unborn:``, no run yet) are not sent.
+    ``done(run_id, rows)`` is told of each call MLflow took (rows 0: the
+    run's ending)."""
     sent: dict[str, int] = {}
     failure = None
     for run_id, rows in pending.items():
@@ -173,53 +186,76 @@ def deliver(client: MlflowClient, pending: Mapping[str, list[Metric]],
         for batch in batches(rows):
             try:
                 client.log_batch(run_id, metrics=batch)
-                sent[run_id] += len(batch)
             except Exception as exc:  # noqa: BLE001 (the server is away: the caller keeps them)
                 failure = str(exc) or type(exc).__name__
                 break
+            sent[run_id] += len(batch)
+            if done is not None:
+                done(run_id, len(batch))
     ended = []
     for run_id, status in terminal.items():
         if failure is not None:
             break
         try:
             client.set_terminated(run_id, status)
-            ended.append(run_id)
         except Exception as exc:  # noqa: BLE001
             failure = str(exc) or type(exc).__name__
+            break
+        ended.append(run_id)
+        if done is not None:
+            done(run_id, 0)
     return sent, ended, failure
+
+
+class HelperLost(Exception):
+    """The helper process ended; ``sent`` and ``ended`` are what it had
+    confirmed of the request in flight."""
+
+    def __init__(self, reason: str, sent: dict[str, int], ended: list[str]) -> None:
+        super().__init__(reason)
+        self.sent, self.ended = sent, ended
 
 
 class StoreHelper:
     """A child process that makes the writer's store calls (``deliver``) for
-    one tracking URI: rows go to it as plain tuples over a socket pair and the
-    outcome comes back. It inherits the driver's environment (credentials
-    included), ignores Ctrl-C (the driver decides when to stop) and ends when
-    the driver closes the connection or exits."""
+    one tracking URI: rows go to it as plain tuples over a socket pair, and it
+    confirms each call MLflow took, so that if it dies mid-request the driver
+    re-sends only the rest. It inherits the driver's environment (credentials
+    included; the URI itself goes over the socket, not the command line),
+    runs in its own session (a Ctrl-C or a signal to the driver's group is the
+    driver's to handle) and ends when the driver closes the connection or
+    exits."""
 
     def __init__(self, process: subprocess.Popen, connection: Connection) -> None:
         self._process = process
         self._connection = connection
+        self._started = time.monotonic()
         self._ready = False
 
     @classmethod
     def start(cls, tracking_uri: str) -> "StoreHelper | None":
         """The helper, or None (the writer's thread then calls the store) if
         it cannot start."""
-        ours, theirs = socket.socketpair()
-        package_root = str(Path(__file__).resolve().parents[1])  # pbtflow importable, installed or not
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        package_root = str(Path(__file__).resolve().parents[1])
+        if package_root not in set(site.getsitepackages()) | {site.getusersitepackages()}:
+            # a checkout run as `python src/tune_ppo.py`: pbtflow is not installed
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "pbtflow.delivery", str(theirs.fileno()), tracking_uri],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+            ours, theirs = socket.socketpair()
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "pbtflow.delivery", str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+                    start_new_session=True)
+            finally:
+                theirs.close()
+            connection = Connection(ours.detach())
+            connection.send(tracking_uri)
         except (OSError, ValueError) as exc:  # ValueError: no pass_fds on this platform
             log.info("pbtflow: no MLflow writer process (%s); the driver writes the metrics.", exc)
-            ours.close()
             return None
-        finally:
-            theirs.close()
-        return cls(process, Connection(ours.detach()))
+        return cls(process, connection)
 
     def ready(self, timeout: float = 0.0) -> bool:
         """Whether the helper has imported MLflow and opened the store (it
@@ -228,11 +264,29 @@ class StoreHelper:
             self._ready = self._connection.recv() == "ready"
         return self._ready
 
+    def starting_for(self) -> float:
+        return time.monotonic() - self._started
+
     def deliver(self, pending: Mapping[str, list[Metric]],
                 terminal: Mapping[str, str]) -> tuple[dict[str, int], list[str], str | None]:
-        self._connection.send(({run: [(m.key, m.value, m.timestamp, m.step) for m in rows]
-                                for run, rows in pending.items()}, dict(terminal)))
-        return self._connection.recv()
+        """``deliver`` in the helper; raises HelperLost with what it confirmed
+        if it ends before the outcome."""
+        sent: dict[str, int] = {}
+        ended: list[str] = []
+        try:
+            self._connection.send(({run: [(m.key, m.value, m.timestamp, m.step) for m in rows]
+                                    for run, rows in pending.items()}, dict(terminal)))
+            while True:
+                message = self._connection.recv()
+                if message[0] == "done":
+                    return message[1]
+                _, run_id, rows = message
+                if rows:
+                    sent[run_id] = sent.get(run_id, 0) + rows
+                else:
+                    ended.append(run_id)
+        except (OSError, EOFError) as exc:
+            raise HelperLost(str(exc) or type(exc).__name__, sent, ended) from None
 
     def close(self) -> None:
         try:
@@ -247,10 +301,13 @@ class StoreHelper:
             self._process.wait()
 
 
-def _serve(fd: int, tracking_uri: str) -> None:
+def _serve(fd: int) -> None:
     """The helper's side: deliver each request until the driver stops."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     connection = Connection(fd)
+    try:
+        tracking_uri = connection.recv()
+    except (EOFError, OSError):
+        return
     client = MlflowClient(tracking_uri)
     try:
         client.search_experiments(max_results=1)  # the store opened before the first rows
@@ -265,8 +322,9 @@ def _serve(fd: int, tracking_uri: str) -> None:
         if request is None:
             return
         rows, terminal = request
-        connection.send(deliver(client, {run: [Metric(*row) for row in items]
-                                         for run, items in rows.items()}, terminal))
+        outcome = deliver(client, {run: [Metric(*row) for row in items] for run, items in rows.items()},
+                          terminal, lambda run_id, count: connection.send(("took", run_id, count)))
+        connection.send(("done", outcome))
 
 
 def spill(path: Path, tracking_uri: str, rows: Mapping[str, list], terminal: Mapping[str, str],
@@ -320,4 +378,4 @@ def send_or_spill(client: MlflowClient, delivery: Mapping[str, Any], spill_to: P
 
 
 if __name__ == "__main__":  # the writer's helper process (StoreHelper)
-    _serve(int(sys.argv[1]), sys.argv[2])
+    _serve(int(sys.argv[1]))

@@ -18,7 +18,7 @@ from pbtflow.experiment import Experiment, SettingError, field_names
 
 STATE_FILE = "pbtflow_state.json"
 LEGACY_STATE_FILE = "pbtflow_state.pkl"  # what pbtflow kept before (read, never written)
-VERSION = 1
+VERSION = 2  # 2: non-finite floats as {"float": ...}
 _PICKLED = "pickled"  # a value JSON cannot hold (a Python object in a search space), base64
 _FLOAT = "float"  # inf, -inf or nan, which strict JSON cannot hold
 _MARKERS = {"tuple", _FLOAT, _PICKLED}
@@ -54,7 +54,7 @@ def load(path: str) -> dict[str, Any]:
         raise SettingError(f"resume: {str(state_file)!r} was written by a newer pbtflow (state "
                            f"version {version}, this one reads {VERSION}); resume with that pbtflow.")
     try:
-        values = {k: _value(v) for k, v in _known(settings).items()}
+        values = {k: _value(v, version) for k, v in _known(settings).items()}
     except Exception as exc:  # a pickled value whose class is gone
         raise SettingError(f"resume: a setting in {str(state_file)!r} cannot be read back "
                            f"({type(exc).__name__}: {exc}); resume with the pbtflow and packages "
@@ -92,15 +92,15 @@ def _plain(value: Any) -> Any:
     return {_PICKLED: base64.b64encode(cloudpickle.dumps(value)).decode("ascii")}
 
 
-def _value(plain: Any) -> Any:
+def _value(plain: Any, version: int) -> Any:
     if isinstance(plain, dict):
         if set(plain) == {"tuple"}:
-            return tuple(_value(v) for v in plain["tuple"])
-        if set(plain) == {_FLOAT}:
+            return tuple(_value(v, version) for v in plain["tuple"])
+        if set(plain) == {_FLOAT} and version >= 2:
             return float(plain[_FLOAT])
         if set(plain) == {_PICKLED}:
             return cloudpickle.loads(base64.b64decode(plain[_PICKLED]))
-        return {k: _value(v) for k, v in plain.items()}
+        return {k: _value(v, version) for k, v in plain.items()}
     if isinstance(plain, list):
-        return [_value(v) for v in plain]
+        return [_value(v, version) for v in plain]
     return plain
