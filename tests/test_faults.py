@@ -13,7 +13,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ENTRY, start_mlflow_server, stop_mlflow_server
+from conftest import ENTRY, run_entry, start_mlflow_server, stop_mlflow_server
 from mlflow_checks import runs_by_role
 
 pytestmark = pytest.mark.slow
@@ -289,3 +289,37 @@ def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "training_iteration")]
         assert steps == list(range(len(steps)))
+
+
+def test_an_experiment_that_reached_its_target_resumes_at_once(tmp_path):
+    """The state Tune saves once the population stopper has ended every member
+    (here: a finished experiment; also what a Ctrl-C right after the target
+    leaves) resumes in a new process to the same end, without waiting for the
+    members Tune had already terminated, and without a new row."""
+    (tmp_path / "climb.py").write_text(
+        "from pbtflow import checkpoint\n\n\ndef climb(config):\n    run = checkpoint.resume({})\n"
+        "    while True:\n        run.report({'score': config['x'] * run.step})\n")
+    (tmp_path / "exp.yaml").write_text(
+        "trainable: climb:climb\nmetric: score\npopulation: 2\nstop_iters: 40\nstop_return: 12\n"
+        "perturbation_interval: 4\nseed: 0\nexperiment_name: reached\n"
+        "initial:\n  x: {uniform: [0.5, 1.0]}\nmutations:\n  x: {uniform: [0.5, 1.0]}\n")
+    first = run_entry("--config", "exp.yaml", cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def rows():
+        _, children = runs_by_role(client, "reached")
+        return {c.info.run_id: [(m.step, m.value) for m in client.get_metric_history(c.info.run_id, "score")]
+                for c in children}
+
+    before = rows()
+    assert len(before) == 2 and max(v for h in before.values() for _, v in h) >= 12
+    folder = next((tmp_path / "pbtflow_results").iterdir())
+    started = time.monotonic()
+    resumed = run_entry("--resume", str(folder), "--stall-timeout", "60", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "no member has reported" not in resumed.stdout, resumed.stdout[-2000:]
+    assert rows() == before
+    parents, _ = runs_by_role(client, "reached")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    print(f"\nresumed a finished experiment in {time.monotonic() - started:.1f} s")

@@ -67,8 +67,22 @@ class PopulationStopper(ray_tune.Stopper):
     # hold the copy saved with the Tuner. Every copy in this process shares
     # what any of them learned (target reached, error), or Tune would stop the
     # trials while the searcher waited for them forever (the resume stall).
+    # What they learned is also pickled with each copy: Tune saves its state
+    # after the stopper has ended the members (TERMINATED, the searcher not
+    # told), and a resume in a new process must know why they ended.
     def _board(self) -> dict[str, Any]:
         return _STOPPER_BOARDS.setdefault(self._token, {"reached": None, "error": None})
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_verdict": dict(self._board())}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        verdict = state.pop("_verdict", None) or {}  # none in a stopper pickled before
+        self.__dict__.update(state)
+        board = self._board()
+        for key, value in verdict.items():
+            if board.get(key) is None:
+                board[key] = value
 
     @property
     def reached(self) -> tuple[str, float] | None:
