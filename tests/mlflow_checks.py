@@ -19,6 +19,19 @@ from pbtflow.lineage import read_ray_log, trial_index
 from pbtflow.pbt import get_path
 
 
+class CountingClient(MlflowClient):
+    """A real client that notes the run of each ``log_batch`` call made with it
+    (in this process: a helper process has its own client)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def log_batch(self, run_id, *args, **kwargs):
+        self.calls.append(run_id)
+        return super().log_batch(run_id, *args, **kwargs)
+
+
 def runs_by_role(client: MlflowClient, experiment_name: str) -> tuple[list, list]:
     exp = client.get_experiment_by_name(experiment_name)
     assert exp is not None, f"no MLflow experiment {experiment_name!r}"

@@ -14,6 +14,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pbtflow import delivery, names, runs
+from mlflow_checks import CountingClient
 
 
 def _writer(client: MlflowClient, helper: bool) -> delivery.Writer:
@@ -78,16 +79,8 @@ def test_what_mlflow_did_not_take_is_spilled_and_synced_once(tmp_path, monkeypat
 def test_the_helper_process_writes_and_a_lost_helper_loses_nothing(tmp_path, caplog):
     """The writer's store calls go through its helper process; if the helper
     dies mid-run, the driver writes from then on and every row arrives once."""
-    class DriverCalls(MlflowClient):
-        """The driver's client: counts the store calls made in this process."""
-        calls = 0
-
-        def log_batch(self, *args, **kwargs):
-            DriverCalls.calls += 1
-            return super().log_batch(*args, **kwargs)
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = DriverCalls(uri)
+    client = CountingClient(uri)  # the driver's store calls
     experiment_id = client.create_experiment("helper")
     runs = [client.create_run(experiment_id).info.run_id for _ in range(3)]
     writer = _writer(client, helper=True)
@@ -97,7 +90,7 @@ def test_the_helper_process_writes_and_a_lost_helper_loses_nothing(tmp_path, cap
         writer.add(run, rows[run][:200])
     assert writer.flush()
     # The helper wrote these: the driver made no store call.
-    assert DriverCalls.calls == 0
+    assert client.calls == []
     assert len(MlflowClient(uri).get_metric_history(runs[0], "score")) == 200
     writer._helper._process.kill()
     writer._helper._process.wait()
@@ -106,7 +99,7 @@ def test_the_helper_process_writes_and_a_lost_helper_loses_nothing(tmp_path, cap
     writer.terminate(runs[2], "FAILED")
     assert writer.flush()
     assert writer._helper is None and "writer process stopped" in caplog.text
-    assert DriverCalls.calls == len(runs)  # the driver wrote the rest itself
+    assert len(client.calls) == len(runs)  # the driver wrote the rest itself
     writer.close()
     fresh = MlflowClient(uri)
     for run in runs:
@@ -137,13 +130,6 @@ def test_rows_a_lost_helper_confirmed_are_not_sent_again(tmp_path):
     stand-in for the helper writes the first run's rows to the real store,
     confirms them and is lost."""
 
-    class DriverCalls(MlflowClient):
-        calls: list = []
-
-        def log_batch(self, run_id, *args, **kwargs):
-            DriverCalls.calls.append(run_id)
-            return super().log_batch(run_id, *args, **kwargs)
-
     class LostAfterOneRun:
         closed = False
 
@@ -165,7 +151,7 @@ def test_rows_a_lost_helper_confirmed_are_not_sent_again(tmp_path):
             LostAfterOneRun.closed = True
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = DriverCalls(uri)
+    client = CountingClient(uri)  # the driver's store calls
     experiment_id = client.create_experiment("lost")
     runs = [client.create_run(experiment_id).info.run_id for _ in range(3)]
     writer = delivery.Writer(client, interval=3600)
@@ -175,7 +161,7 @@ def test_rows_a_lost_helper_confirmed_are_not_sent_again(tmp_path):
     writer.terminate(runs[0], "FINISHED")
     assert writer.flush()
     assert LostAfterOneRun.closed and writer._helper is None
-    assert DriverCalls.calls == runs[1:]  # the first run's rows were not sent again
+    assert client.calls == runs[1:]  # the first run's rows were not sent again
     writer.close()
     fresh = MlflowClient(uri)
     for k, run in enumerate(runs):

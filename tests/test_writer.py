@@ -10,16 +10,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pbtflow.delivery import BATCH_LIMIT, Writer
-
-
-class CountingClient(MlflowClient):
-    """A real client that counts its log_batch calls."""
-
-    calls = 0
-
-    def log_batch(self, run_id, metrics=(), *args, **kwargs):
-        CountingClient.calls += 1
-        return super().log_batch(run_id, metrics=metrics, *args, **kwargs)
+from mlflow_checks import CountingClient
 
 
 def test_one_store_call_per_run_per_flush_however_many_rows(tmp_path):
@@ -34,13 +25,13 @@ def test_one_store_call_per_run_per_flush_however_many_rows(tmp_path):
         for step in range(steps):
             for run in runs:
                 writer.add(run, [Metric(f"m{k}", float(step + k), now, step) for k in range(7)])
-        CountingClient.calls = 0
+        client.calls.clear()
         assert writer.flush()
-        assert CountingClient.calls == len(runs)
+        assert len(client.calls) == len(runs)
         writer.add(runs[0], [Metric("big", float(i), now, i) for i in range(BATCH_LIMIT + 1)])
-        CountingClient.calls = 0
+        client.calls.clear()
         assert writer.flush()
-        assert CountingClient.calls == 2  # past MLflow's rows per call
+        assert len(client.calls) == 2  # past MLflow's rows per call
     finally:
         writer.close()
     fresh = MlflowClient(uri)

@@ -26,14 +26,19 @@ log = logging.getLogger(__name__)
 
 SPILL_FILE = "mlflow_undelivered.json"  # beside Tune's state, for `pbtflow sync`
 BATCH_LIMIT = 250  # metric rows per log_batch call (Azure ML's MLflow cap)
+MAX_FLUSH_WAIT = 30.0  # seconds between flushes of metric rows, at most
+HELPER_AFTER_S = 1.0  # seconds of store calls in the driver after which a helper process makes them
+HELPER_START_S = 60.0  # at the end, how long the rows wait for a helper still starting
 
 
 def batches(rows: list) -> Iterator[list]:
     """``rows`` in slices MLflow accepts in one ``log_batch`` call."""
     return (rows[start:start + BATCH_LIMIT] for start in range(0, len(rows), BATCH_LIMIT))
-MAX_FLUSH_WAIT = 30.0  # seconds between flushes of metric rows, at most
-HELPER_AFTER_S = 1.0  # seconds of store calls in the driver after which a helper process makes them
-HELPER_START_S = 60.0  # at the end, how long the rows wait for a helper still starting
+
+
+def plain_rows(pending: Mapping[str, list[Metric]]) -> dict[str, list[tuple]]:
+    """Metric rows as (key, value, timestamp, step), for a pipe or a spill file."""
+    return {run: [(m.key, m.value, m.timestamp, m.step) for m in rows] for run, rows in pending.items()}
 
 
 class Writer:
@@ -156,8 +161,7 @@ class Writer:
         if delivered or spill_to is None:
             return None
         with self._lock:
-            rows = {run: [[m.key, m.value, m.timestamp, m.step] for m in ms]
-                    for run, ms in self._pending.items()}
+            rows = plain_rows(self._pending)
             terminal = dict(self._terminal)
         spill(spill_to, self._client.tracking_uri, rows, terminal)
         return spill_to
@@ -274,8 +278,7 @@ class StoreHelper:
         sent: dict[str, int] = {}
         ended: list[str] = []
         try:
-            self._connection.send(({run: [(m.key, m.value, m.timestamp, m.step) for m in rows]
-                                    for run, rows in pending.items()}, dict(terminal)))
+            self._connection.send((plain_rows(pending), dict(terminal)))
             while True:
                 message = self._connection.recv()
                 if message[0] == "done":
