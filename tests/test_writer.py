@@ -9,7 +9,7 @@ import time
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pbtflow.delivery import BATCH_LIMIT, Writer
+from pbtflow.delivery import BATCH_LIMIT, MAX_FLUSH_WAIT, Writer
 from mlflow_checks import CountingClient
 
 
@@ -43,26 +43,27 @@ def test_one_store_call_per_run_per_flush_however_many_rows(tmp_path):
 
 
 def test_flushes_space_out_when_a_flush_is_slow(tmp_path):
-    """Between flushes the writer waits nine times as long as the last one took:
-    with rows arriving all the time for 16 runs on SQLite (a flush takes far
-    longer than the 0.01 s interval), the writer's thread spends at most about
-    10% of the time in the store, and every row still arrives."""
+    """Between flushes the writer's thread waits nine times as long as the last
+    flush took (at least its interval, at most MAX_FLUSH_WAIT): with rows
+    arriving all the time for 16 runs on SQLite (a flush takes far longer than
+    the 0.01 s interval), each wait follows the flush before it, and every row
+    still arrives once."""
 
-    class TimingClient(MlflowClient):
-        busy = 0.0
+    class TimedWriter(Writer):
+        spans: list = []
 
-        def log_batch(self, *args, **kwargs):
+        def flush(self):
             start = time.perf_counter()
             try:
-                return super().log_batch(*args, **kwargs)
+                return super().flush()
             finally:
-                TimingClient.busy += time.perf_counter() - start
+                TimedWriter.spans.append((start, time.perf_counter()))
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = TimingClient(uri)
+    client = MlflowClient(uri)
     experiment = client.create_experiment("writer")
     runs = [client.create_run(experiment).info.run_id for _ in range(16)]
-    writer = Writer(client, interval=0.01)
+    writer = TimedWriter(client, interval=0.01)
     start, step = time.perf_counter(), 0
     while time.perf_counter() - start < 4:
         now = int(time.time() * 1000)
@@ -70,9 +71,12 @@ def test_flushes_space_out_when_a_flush_is_slow(tmp_path):
             writer.add(run, [Metric("m", float(step), now, step)])
         step += 1
         time.sleep(0.005)
-    elapsed = time.perf_counter() - start
-    busy = TimingClient.busy
+    spans = list(TimedWriter.spans)  # the thread's flushes (close adds one more)
     writer.close()
-    assert 0 < busy < 0.25 * elapsed  # flushing without a pause: about 90%
+    assert len(spans) >= 2
+    for (start, end), (following, _) in zip(spans, spans[1:]):
+        due = min(MAX_FLUSH_WAIT, max(0.01, 9 * (end - start)))
+        assert following - end >= 0.95 * due, (end - start, following - end)
+    assert len(spans) < 4 / 0.01 / 10  # an interval-paced writer would flush about 400 times
     fresh = MlflowClient(uri)
     assert len(fresh.get_metric_history(runs[-1], "m")) == step

@@ -43,13 +43,14 @@ def plain_rows(pending: Mapping[str, list[Metric]]) -> dict[str, list[tuple]]:
 
 class Writer:
     """Collects metric rows per run and sends them with ``log_batch`` from a
-    background thread, at most every ``interval`` seconds, and busy at most
-    ``busy`` of the time (between flushes it waits (1 - busy) / busy times as
-    long as the last flush took, up to ``MAX_FLUSH_WAIT``). A ``log_batch``
-    costs about 10 ms per call plus 0.15 ms per row on a SQLite store: with
-    many runs, the flushes space out and each call carries more rows, so the
-    cost per result stays flat as the population grows (rows reach MLflow up
-    to half a minute late at 128 members). While the tracking server is away,
+    background thread, at most every ``interval`` seconds; between flushes it
+    waits (1 - busy) / busy times as long as the last flush took, up to
+    ``MAX_FLUSH_WAIT``. A ``log_batch`` costs about 10 ms per call plus 0.15 ms
+    per row on a SQLite store: with many runs, the flushes space out and each
+    call carries more rows, so the per-call cost stays about ``busy`` of the
+    time and the cost per result stays flat as the population grows (rows
+    reach MLflow up to half a minute late at 128 members); the per-row cost
+    remains, whatever the spacing. While the tracking server is away,
     rows (and run endings) are kept and sent once it answers; what is still
     unsent at the end is spilled to a file for `pbtflow sync`."""
 
