@@ -291,35 +291,62 @@ def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
         assert steps == list(range(len(steps)))
 
 
-def test_an_experiment_that_reached_its_target_resumes_at_once(tmp_path):
+def _resume_in_a_new_process(tmp_path, folder):
+    """``--resume folder`` in a new process, killed with its Ray after 120 s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.Popen([sys.executable, str(ENTRY), "--resume", str(folder), "--stall-timeout", "60"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("ended_on", ["target", "error"])
+def test_an_experiment_the_population_stopper_ended_resumes_at_once(tmp_path, ended_on):
     """The state Tune saves once the population stopper has ended every member
-    (here: a finished experiment; also what a Ctrl-C right after the target
-    leaves) resumes in a new process to the same end, without waiting for the
-    members Tune had already terminated, and without a new row."""
+    (here: an experiment that reached its target or stopped on a wrong metric;
+    also what a Ctrl-C right after the target leaves) resumes in a new process
+    to the same end at once, without waiting for the members Tune had already
+    terminated: the same rows, the parent run finished; or the error again,
+    saying that there is nothing to resume."""
     (tmp_path / "climb.py").write_text(
         "from pbtflow import checkpoint\n\n\ndef climb(config):\n    run = checkpoint.resume({})\n"
         "    while True:\n        run.report({'score': config['x'] * run.step})\n")
+    metric = "score" if ended_on == "target" else "scores"
     (tmp_path / "exp.yaml").write_text(
-        "trainable: climb:climb\nmetric: score\npopulation: 2\nstop_iters: 40\nstop_return: 12\n"
-        "perturbation_interval: 4\nseed: 0\nexperiment_name: reached\n"
+        f"trainable: climb:climb\nmetric: {metric}\npopulation: 2\nstop_iters: 40\nstop_return: 12\n"
+        "perturbation_interval: 4\nseed: 0\nexperiment_name: ended\n"
         "initial:\n  x: {uniform: [0.5, 1.0]}\nmutations:\n  x: {uniform: [0.5, 1.0]}\n")
     first = run_entry("--config", "exp.yaml", cwd=tmp_path, timeout=300)
+    folder = next((tmp_path / "pbtflow_results").iterdir())
+    started = time.monotonic()
+    if ended_on == "error":
+        assert first.returncode == 2 and "never reports 'scores'" in first.stderr, first.stderr[-3000:]
+        code, out, err = _resume_in_a_new_process(tmp_path, folder)
+        assert code == 2, out[-2000:] + err[-3000:]
+        assert "had already ended on an error, so there is nothing to resume" in err, err[-3000:]
+        assert "never reports 'scores'" in err
+        return
     assert first.returncode == 0, first.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def rows():
-        _, children = runs_by_role(client, "reached")
+        _, children = runs_by_role(client, "ended")
         return {c.info.run_id: [(m.step, m.value) for m in client.get_metric_history(c.info.run_id, "score")]
                 for c in children}
 
     before = rows()
     assert len(before) == 2 and max(v for h in before.values() for _, v in h) >= 12
-    folder = next((tmp_path / "pbtflow_results").iterdir())
-    started = time.monotonic()
-    resumed = run_entry("--resume", str(folder), "--stall-timeout", "60", cwd=tmp_path, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert "no member has reported" not in resumed.stdout, resumed.stdout[-2000:]
+    # Ended by the stopper's stop_all (the path that does not tell the searcher), not at stop_iters.
+    assert all(len(history) < 40 for history in before.values()), before
+    code, out, err = _resume_in_a_new_process(tmp_path, folder)
+    assert code == 0, out[-2000:] + err[-3000:]
+    assert "no member has reported" not in out, out[-2000:]
     assert rows() == before
-    parents, _ = runs_by_role(client, "reached")
+    parents, _ = runs_by_role(client, "ended")
     assert [p.info.status for p in parents] == ["FINISHED"]
     print(f"\nresumed a finished experiment in {time.monotonic() - started:.1f} s")

@@ -74,15 +74,22 @@ class PopulationStopper(ray_tune.Stopper):
         return _STOPPER_BOARDS.setdefault(self._token, {"reached": None, "error": None})
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_verdict": dict(self._board())}
+        board = self._board()
+        return {**self.__dict__, "_verdict": {"reached": board["reached"], "error": board["error"]}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         verdict = state.pop("_verdict", None) or {}  # none in a stopper pickled before
         self.__dict__.update(state)
         board = self._board()
         for key, value in verdict.items():
-            if board.get(key) is None:
+            if board.get(key) is None and value is not None:
                 board[key] = value
+                board["saved"] = True
+
+    @property
+    def ended_before(self) -> bool:
+        """Whether the verdict came from the saved experiment (a resume)."""
+        return bool(self._board().get("saved"))
 
     @property
     def reached(self) -> tuple[str, float] | None:
