@@ -4,6 +4,7 @@ temporary folders, and a real `mlflow server` process over HTTP."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,8 +76,6 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
 
 
 def stop_mlflow_server(proc: subprocess.Popen) -> None:
-    import signal
-
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -93,9 +92,48 @@ def mlflow_server(tmp_path_factory):
     stop_mlflow_server(proc)
 
 
+def user_env(extra: dict | None = None) -> dict:
+    """This process's environment without its MLFLOW_ settings (so that only
+    what a test passes reaches MLflow), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(extra or {})
+    return env
+
+
+def start_entry(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start the real entry script as a user would, in its own session, so
+    that it and the Ray it starts can be ended together (``finish``)."""
+    return subprocess.Popen([sys.executable, str(ENTRY), *args], cwd=cwd, env=user_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill a process from ``start_entry`` with the Ray it started (its process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # nothing of it is left
+        pass
+    proc.wait()
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """Wait for ``proc`` (from ``start_entry``) and return its output; if it
+    is still running at ``timeout``, ``kill_group`` it and raise
+    ``TimeoutExpired`` with what it had printed."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate(timeout=30)
+        raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
+    finally:
+        if proc.poll() is None:  # the wait itself failed
+            kill_group(proc)
+
+
 def run_entry(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
-    """Run the real entry script as a user would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, str(ENTRY), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    """Run the real entry script as a user would; killed with its Ray at ``timeout``."""
+    proc = start_entry(*args, cwd=cwd, env=env)
+    out, err = finish(proc, timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import pytest
+from conftest import user_env
 from mlflow.tracking import MlflowClient
 
 from pbtflow import names
@@ -155,8 +155,7 @@ def assert_policy_plays_as_evaluated(tracking_uri: str, parent_run_id: str, env_
     (child,) = [c for c in client.search_runs([parent.info.experiment_id],
                                               f"tags.`{names.TRIAL_ID}` = '{best}'")
                 if c.data.tags.get(names.PARENT_RUN_ID) == parent_run_id]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-           "MLFLOW_TRACKING_URI": tracking_uri}
+    env = user_env({"MLFLOW_TRACKING_URI": tracking_uri})
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("play_policy.py")), uri, env_id,
                            "7000", "10"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import random
 import re
+import subprocess
+import sys
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.utils import flatten_dict
@@ -241,6 +244,29 @@ def test_a_time_attr_never_reported_fails_at_the_first_result():
     stopper = PopulationStopper("score", "max", 10, None, time_attr="nonsense")
     assert stopper("t", {"training_iteration": 1, "score": 1.0}) is True
     assert stopper.error.startswith("time_attr: the trainable never reports 'nonsense'")
+
+
+
+@pytest.mark.parametrize("ended_on", ["target", "error"])
+def test_the_stoppers_verdict_reaches_a_new_process_with_its_pickle(ended_on):
+    """What a resume in a new process learns from the stopper Tune saved: the
+    target reached (the members ended) or the error, and that an error is the
+    saved experiment's, not a new one; a verdict the copy did not have stays
+    unset."""
+    stopper = PopulationStopper("score", "max", 10, 5.0)
+    metric = {"score": 7.0} if ended_on == "target" else {}
+    stopper("t1", {"training_iteration": 3, **metric})
+    read = ("import pickle, sys\n"
+            "s = pickle.load(sys.stdin.buffer)\n"
+            "print(repr((s.reached, s.error, s.error_saved)))")
+    loaded = subprocess.run([sys.executable, "-c", read], input=pickle.dumps(stopper),
+                            capture_output=True, timeout=60, check=True)
+    reached, error, error_saved = eval(loaded.stdout.decode())
+    if ended_on == "target":
+        assert (reached, error, error_saved) == (("t1", 7.0), None, False)
+    else:
+        assert reached is None and error.startswith("metric: the trainable never reports 'score'")
+        assert error_saved
 
 
 class _Trial:

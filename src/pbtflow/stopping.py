@@ -84,12 +84,13 @@ class PopulationStopper(ray_tune.Stopper):
         for key, value in verdict.items():
             if board.get(key) is None and value is not None:
                 board[key] = value
-                board["saved"] = True
+                board.setdefault("saved", set()).add(key)
 
     @property
-    def ended_before(self) -> bool:
-        """Whether the verdict came from the saved experiment (a resume)."""
-        return bool(self._board().get("saved"))
+    def error_saved(self) -> bool:
+        """Whether the error came with the saved experiment (a resume of one
+        that had already ended on it), not from this process's members."""
+        return "error" in self._board().get("saved", ())
 
     @property
     def reached(self) -> tuple[str, float] | None:

@@ -190,11 +190,10 @@ def _fit(tuner: ray_tune.Tuner, plan: Plan, parent: runs.ParentRun) -> tuple[Res
         if loading is not None:
             loading.join(timeout=60)  # never left importing when the process ends
     tracker.end_remaining(ray_internals.trial_statuses(results))
-    if stopper.error and stopper.ended_before:  # nothing to resume: every member had ended
-        raise SettingError(f"resume: this experiment had already ended on an error, so there is "
-                           f"nothing to resume; start a new run once it is fixed: {stopper.error}")
     if stopper.error:  # the trainable does not do what its settings say
-        raise SettingError(stopper.error)
+        raise SettingError(stopper.error if not stopper.error_saved else (
+            "resume: this experiment had already ended on an error, so there is nothing to "
+            f"resume; start a new run once it is fixed: {stopper.error}"))
     if interrupt.seen:  # KILLED: the members that had not reached their end
         tracker.mark_interrupted([
             r.metrics.get("trial_id") for r in results
