@@ -97,3 +97,37 @@ def test_a_change_that_needs_a_new_actor_is_refused(ray_runtime):
     algo = PBTPPO(config=config())
     assert algo.reset(config(num_envs_per_env_runner=4)) is False
     algo.stop()
+
+
+def test_members_that_start_alike_are_seeded_apart(ray_runtime, tmp_path):
+    """Two members with the same settings (every PPO value fixed by the
+    user) do not play the same episodes: each builds with the experiment's
+    seed plus its own stride. Seeded alike, RLlib on a CPU repeats the same
+    losses (checked by hand with the stride removed)."""
+    import pbtflow
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_checks import runs_by_role
+    from pbtflow.trainables.rllib_algorithm import SEED_STRIDE, member_seed
+
+    assert [member_seed(7, f"ab12_{i:05d}") for i in range(3)] == [7, 7 + SEED_STRIDE, 7 + 2 * SEED_STRIDE]
+    assert member_seed(None, "ab12_00001") is None and member_seed(7, "default") == 7
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fixed = {"gamma": 0.99, "lambda": 1.0, "lr": 1e-3, "clip_param": 0.3, "entropy_coeff": 0.0,
+             "vf_loss_coeff": 0.01, "num_epochs": 2, "minibatch_size": 64,
+             "train_batch_size_per_learner": 256}
+    results = pbtflow.tune(pbtflow.Experiment(
+        env="CartPole-v1", population=2, stop_iters=2, perturbation_interval=100, seed=7,
+        num_envs_per_env_runner=2, initial=fixed, mutations={"lr": [1e-3, 5e-4]}, eval_top=0,
+        experiment_name="alike", tracking_uri=uri, storage_path=str(tmp_path / "results")))
+    assert results.num_errors == 0
+    drop = {"trial_id", "__trial_info__", "seed"}
+    configs = [{k: v for k, v in r.config.items() if k not in drop} for r in results]
+    assert configs[0] == configs[1]  # only the seed tells them apart
+    assert sorted(r.config["seed"] for r in results) == [7, 7 + SEED_STRIDE]  # what RLlib built with
+    client = MlflowClient(uri)
+    _, children = runs_by_role(client, "alike")
+    histories = [[m.value for m in client.get_metric_history(c.info.run_id, "learners/default_policy/policy_loss")]
+                 for c in children]
+    assert len(histories) == 2 and all(len(h) == 2 for h in histories)
+    assert histories[0] != histories[1]

@@ -181,7 +181,8 @@ class Experiment:
     storage_path: str | None = _opt(None, "Where Ray Tune writes checkpoints and results; default "
                                     "./pbtflow_results. Must be visible to every node on a cluster.",
         invalid=("/dev/null/results",))
-    seed: int | None = _opt(None, "Random seed for the search space, PBT and the trainables.")
+    seed: int | None = _opt(None, "Random seed for the search space, PBT and the trainables (a PPO, "
+                            "SAC or DQN member builds with this seed plus 1000 x its index).")
     baseline: str | None = _opt(None, "Run a no-PBT baseline instead, as its own parent run: 'grid' "
                                 "(PBT's starting points, held fixed) or 'random' (starting values "
                                 "sampled from the mutation domains); same trainable and budget.",

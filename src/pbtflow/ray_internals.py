@@ -61,6 +61,17 @@ def set_checkpoint_results(trial: Any, results: Iterable[Any]) -> None:
     trial.run_metadata.checkpoint_manager._checkpoint_results = list(results)
 
 
+def tune_trial_id(config: Any) -> str | None:
+    """The id of the Tune trial a trainable's config dict was made for: Tune
+    adds its trial info under ``ray.tune.result.TRIAL_INFO``, which an RLlib
+    Algorithm drops when it turns the dict into its config (so its
+    ``trial_id`` reads "default")."""
+    from ray.tune.result import TRIAL_INFO
+
+    info = config.get(TRIAL_INFO) if isinstance(config, dict) else None
+    return getattr(info, "trial_id", None)
+
+
 def live_trials(generator: Any) -> set[Any]:
     """The trials a ``BasicVariantGenerator`` still waits for."""
     return generator._live_trials

@@ -13,7 +13,7 @@ from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
 from pbtflow import ray_internals
-from pbtflow.trainables.rllib_algorithm import EpisodeStats
+from pbtflow.trainables.rllib_algorithm import EpisodeStats, MemberSeed, member_seed
 
 # Config keys that RLlib's PPO reads when it samples or learns, never when it
 # builds, so that a new value applies to a live Algorithm (the learner's and
@@ -28,7 +28,7 @@ IN_PLACE = frozenset({
 })
 
 
-class PBTPPO(PPO):
+class PBTPPO(MemberSeed, PPO):
     """RLlib's PPO with ``reset_config``: Tune hands a live actor a new member
     (or the same member after an exploit or a pause) instead of starting a new
     process and rebuilding env runners, learner and torch. After the reset the
@@ -43,6 +43,8 @@ class PBTPPO(PPO):
 
     def reset_config(self, new_config: dict) -> bool:
         config = self.get_default_config().update_from_dict(new_config)
+        # The seed this actor was built with (MemberSeed), unless the new member's differs.
+        config.seed = member_seed(config.seed, self._member)
         config.validate()
         old, new = self._built_config.to_dict(), config.to_dict()
         changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}

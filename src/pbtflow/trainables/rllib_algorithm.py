@@ -50,6 +50,37 @@ class EpisodeStats(RLlibCallback):
         episode_stats(self, result)
 
 
+SEED_STRIDE = 1000  # RLlib seeds env runner i of a member with its seed + i
+
+
+def member_seed(seed: int | None, trial_id: str) -> int | None:
+    """A member's own seed: the experiment's plus a stride per member index
+    (the end of Tune's trial id, ``<run>_00003``), so that no two members
+    play the same episodes or draw the same initial weights; no seed stays
+    none, and outside Tune (no index) the seed is the experiment's."""
+    index = str(trial_id).rsplit("_", 1)[-1]
+    return seed + SEED_STRIDE * int(index) if seed is not None and index.isdigit() else seed
+
+
+class MemberSeed:
+    """Mixed into an RLlib Algorithm: it builds with its member's own seed
+    (:func:`member_seed`). The seed only matters when the Algorithm is
+    built: a member that takes over a live actor (PPO's ``reset_config``)
+    keeps the seed and random state the actor has."""
+
+    def __init__(self, config=None, *args, **kwargs) -> None:
+        self._member = ray_internals.tune_trial_id(config) or "default"
+        super().__init__(config, *args, **kwargs)
+
+    def setup(self, config) -> None:
+        seed = member_seed(self.config.seed, self._member)
+        if seed != self.config.seed:
+            self.config = self.config.copy(copy_frozen=False)  # RLlib builds from self.config
+            self.config.seed = seed
+            self.config.freeze()
+        super().setup(config)
+
+
 class ReplayInCheckpoint:
     """Mixed into an off-policy RLlib Algorithm: its checkpoint holds the replay
     buffer too (RLlib's new API stack leaves it out), so that a member that
@@ -72,11 +103,11 @@ class ReplayInCheckpoint:
         self.learner_group.foreach_learner(ray_internals.apply_lr)
 
 
-class PBTSAC(ReplayInCheckpoint, SAC):
+class PBTSAC(MemberSeed, ReplayInCheckpoint, SAC):
     """RLlib's SAC whose checkpoints carry the replay buffer."""
 
 
-class PBTDQN(ReplayInCheckpoint, DQN):
+class PBTDQN(MemberSeed, ReplayInCheckpoint, DQN):
     """RLlib's DQN whose checkpoints carry the replay buffer."""
 
 
