@@ -57,22 +57,26 @@ TUNED = {
 }
 
 
-def run_tuned(env: str, seed: int, folder: Path) -> dict:
+def single_ppo(env: str, training: dict, envs: int, normalise: bool, activation: str, seed: int):
+    """One plain RLlib PPO (no Tune), sampling ``envs`` vectorised envs in its
+    own process, on a 2-CPU local Ray it starts."""
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    training, envs, normalise, activation = TUNED[env]
-    start = time.time()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    config = (PPOConfig().environment(env)
-              .env_runners(num_env_runners=0, num_envs_per_env_runner=envs,
-                           env_to_module_connector=(lambda *_: MeanStdFilter()) if normalise else None)
-              .training(**training)
-              .rl_module(model_config=DefaultModelConfig(fcnet_activation=activation))
-              .debugging(seed=seed))
-    algo = config.build_algo()
+    return (PPOConfig().environment(env)
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=envs,
+                         env_to_module_connector=(lambda *_: MeanStdFilter()) if normalise else None)
+            .training(**training)
+            .rl_module(model_config=DefaultModelConfig(fcnet_activation=activation))
+            .debugging(seed=seed)).build_algo()
+
+
+def run_tuned(env: str, seed: int, folder: Path) -> dict:
+    start = time.time()
+    algo = single_ppo(env, *TUNED[env], seed=seed)
     last = float("nan")
     while time.time() - start < CAP_S:
         result = algo.train()

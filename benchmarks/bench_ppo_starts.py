@@ -50,18 +50,10 @@ SETTINGS = {
 
 def one(name: str, seed: int) -> dict:
     logging.disable(logging.WARNING)
-    import ray
-    from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from bench_envs import single_ppo  # the same build as bench_envs' tuned single run
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    algo = (PPOConfig().environment("CartPole-v1")
-            .env_runners(num_env_runners=0, num_envs_per_env_runner=8,
-                         env_to_module_connector=lambda *_: MeanStdFilter())
-            .training(gamma=0.99, vf_loss_coeff=0.01, **SETTINGS[name])
-            .rl_module(model_config=DefaultModelConfig(fcnet_activation="tanh"))
-            .debugging(seed=seed)).build_algo()
+    algo = single_ppo("CartPole-v1", {"gamma": 0.99, "vf_loss_coeff": 0.01, **SETTINGS[name]}, 8, True,
+                      "tanh", seed)
     start = time.time()
     while time.time() - start < CAP_S:
         runners = algo.train()["env_runners"]
