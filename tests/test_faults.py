@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import finish, kill_group, run_entry, start_entry, start_mlflow_server, stop_mlflow_server
 from mlflow_checks import runs_by_role
+from pbtflow import names
 
 pytestmark = pytest.mark.slow
 
@@ -269,12 +270,17 @@ def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
     parents, children = runs_by_role(client, "pbt")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags.get("pbtflow.record_check") == "complete"
-    assert float(parents[0].data.metrics["best/env_runners/episode_return_mean"]) >= 450
     assert len(children) == 4
     for child in children:
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "training_iteration")]
         assert steps == list(range(len(steps)))
+    # The population stop: a member's own training return reached the target.
+    # (The parent's best/* is the best member by greedy evaluation, whose
+    # training return may be lower: CI once saw 192 there.)
+    last = [child.data.metrics[names.RETURN_MEAN] for child in children]
+    assert max(last) >= 450 and max(len(client.get_metric_history(c.info.run_id, "training_iteration"))
+                                    for c in children) < 100, last
 
 
 @pytest.mark.parametrize("ended_on", ["target", "error"])
