@@ -15,6 +15,12 @@ reaches the target: wall seconds, and env steps (the tuned run's; under PBT
 all members' steps together, the price of the population). Each side runs in a fresh
 process with a 10-minute cap; sides alternate, medians over seeds.
 
+RLlib 2.60's mean episode return averages only the episodes that ended in that
+iteration: with small batches and long episodes that may be one lucky episode.
+So each side also prints how many episodes the reaching iteration ended, and
+pbtflow's side the reaching member's greedy return over 20 fresh episodes
+(pbtflow's evaluation after tuning, read back from MLflow).
+
     python benchmarks/bench_envs.py                      # 3 seeds, the three envs (~1 h on 2 cores)
     python benchmarks/bench_envs.py --seeds 1 --envs CartPole-v1
 """
@@ -84,7 +90,8 @@ def run_tuned(env: str, seed: int, folder: Path) -> dict:
         value = runners.get("episode_return_mean", float("nan"))
         last = value if value == value else last
         if value >= TARGETS[env]:
-            return {"wall": time.time() - start, "steps": runners["num_env_steps_sampled_lifetime"]}
+            return {"wall": time.time() - start, "steps": runners["num_env_steps_sampled_lifetime"],
+                    "episodes": runners.get("num_episodes")}
     return {"wall": None, "steps": None, "note": f"return {last:.0f} at the cap"}
 
 
@@ -125,7 +132,23 @@ def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None) ->
     steps, actors = population_steps(results, first["timestamp"])
     return {"wall": first["timestamp"] - start, "steps": steps, "actors": actors,
             "exploits": sum(count_global_log(results.experiment_path).values()),
-            "errors": results.num_errors}
+            "errors": results.num_errors, "episodes": first["env_runners"].get("num_episodes"),
+            "greedy": greedy_return(experiment, first["trial_id"])}
+
+
+def greedy_return(experiment, trial_id: str) -> float | None:
+    """The mean return of the reaching member's 20 greedy episodes on fresh
+    seeds (pbtflow's evaluation after tuning), read back from its MLflow run:
+    RLlib 2.60's episode_return_mean averages only the episodes that ended in
+    that iteration, which may be one."""
+    from mlflow.tracking import MlflowClient
+
+    from pbtflow import names
+
+    client = MlflowClient(experiment.tracking_uri)
+    found = client.get_experiment_by_name(experiment.experiment_name)
+    runs = client.search_runs([found.experiment_id], f"tags.`{names.TRIAL_ID}` = '{trial_id}'")
+    return runs[0].data.metrics.get(names.EVAL_RETURN_MEAN) if runs else None
 
 
 def population_steps(results, until: float) -> tuple[int, int]:
@@ -198,6 +221,10 @@ def main() -> None:
                     rows[side].append(row)
                     extra = (f", {row['actors']} actors, {row['exploits']} exploits"
                              if "actors" in row else "")
+                    if row.get("episodes") is not None:
+                        extra += f", {row['episodes']} episodes in the reaching iteration"
+                    if row.get("greedy") is not None:
+                        extra += f", that member's greedy return {row['greedy']:.0f} (20 episodes)"
                     print(f"{env} seed {seed} {side}: {fmt(row['wall'], 1)} s, {fmt(row['steps'])} "
                           f"env steps{extra} {row.get('note', '')}", flush=True)
             tuned = [median([r[k] for r in rows["tuned"]]) for k in ("wall", "steps")]

@@ -84,8 +84,10 @@ class Experiment:
     stop_iters: int | None = _opt(None, "Stop each member after this many training iterations.",
         invalid=("0",))
     stop_return: float | None = _opt(None, "Stop the whole population once the best member's "
-                                     "metric reaches this value (the mean episode return for PPO; "
-                                     "PPO's preset: 450; 'inf' never stops early).")
+                                     "metric reaches this value (for RLlib, its mean return over the "
+                                     "episodes that ended in the member's latest iteration, which "
+                                     "a small batch keeps few; PPO's preset: 450; 'inf' never stops "
+                                     "early).")
     metric: str | None = _opt(None, "Metric PBT ranks members by; default: the trainable's own.",
         invalid=("",))
     mode: str = _opt("max", "Whether the metric is maximised ('max') or minimised ('min').",
