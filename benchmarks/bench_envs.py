@@ -18,8 +18,10 @@ process with a 10-minute cap; sides alternate, medians over seeds.
 RLlib 2.60's mean episode return averages only the episodes that ended in that
 iteration: with small batches and long episodes that may be one lucky episode.
 So each side also prints how many episodes the reaching iteration ended, and
-pbtflow's side the reaching member's greedy return over 20 fresh episodes
-(pbtflow's evaluation after tuning, read back from MLflow).
+pbtflow's side the greedy return over 20 fresh episodes of the reaching
+member's last checkpoint (pbtflow's evaluation after tuning, read back from
+MLflow; the population stop saves no checkpoint, so it may be older than the
+reaching iteration).
 
     python benchmarks/bench_envs.py                      # 3 seeds, the three envs (~1 h on 2 cores)
     python benchmarks/bench_envs.py --seeds 1 --envs CartPole-v1
@@ -137,8 +139,10 @@ def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None) ->
 
 
 def greedy_return(experiment, trial_id: str) -> float | None:
-    """The mean return of the reaching member's 20 greedy episodes on fresh
-    seeds (pbtflow's evaluation after tuning), read back from its MLflow run:
+    """The mean return of 20 greedy episodes on fresh seeds of the reaching
+    member's last checkpoint (pbtflow's evaluation after tuning; the
+    population stop saves none, so it may predate the reaching iteration),
+    read back from its MLflow run:
     RLlib 2.60's episode_return_mean averages only the episodes that ended in
     that iteration, which may be one."""
     from mlflow.tracking import MlflowClient
@@ -224,7 +228,7 @@ def main() -> None:
                     if row.get("episodes") is not None:
                         extra += f", {row['episodes']} episodes in the reaching iteration"
                     if row.get("greedy") is not None:
-                        extra += f", that member's greedy return {row['greedy']:.0f} (20 episodes)"
+                        extra += f", that member's last checkpoint's greedy return {row['greedy']:.0f} (20 episodes)"
                     print(f"{env} seed {seed} {side}: {fmt(row['wall'], 1)} s, {fmt(row['steps'])} "
                           f"env steps{extra} {row.get('note', '')}", flush=True)
             tuned = [median([r[k] for r in rows["tuned"]]) for k in ("wall", "steps")]
