@@ -18,10 +18,8 @@ process with a 10-minute cap; sides alternate, medians over seeds.
 RLlib 2.60's mean episode return averages only the episodes that ended in that
 iteration: with small batches and long episodes that may be one lucky episode.
 So each side also prints how many episodes the reaching iteration ended, and
-pbtflow's side the greedy return over 20 fresh episodes of the reaching
-member's last checkpoint (pbtflow's evaluation after tuning, read back from
-MLflow; the population stop saves no checkpoint, so it may be older than the
-reaching iteration).
+pbtflow's side the greedy return over 20 fresh episodes of the weights that
+reached the target (pbtflow's evaluation after tuning, read back from MLflow).
 
     python benchmarks/bench_envs.py                      # 3 seeds, the three envs (~1 h on 2 cores)
     python benchmarks/bench_envs.py --seeds 1 --envs CartPole-v1
@@ -139,18 +137,19 @@ def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None) ->
 
 
 def greedy_return(experiment, trial_id: str) -> float | None:
-    """The mean return of 20 greedy episodes on fresh seeds of the reaching
-    member's last checkpoint (pbtflow's evaluation after tuning; the
-    population stop saves none, so it may predate the reaching iteration),
-    read back from its MLflow run:
-    RLlib 2.60's episode_return_mean averages only the episodes that ended in
-    that iteration, which may be one."""
+    """The mean return of 20 greedy episodes on fresh seeds of the weights
+    that reached the target (pbtflow's evaluation after tuning, read back
+    from the member's MLflow run), or None if it has none. It shows a lucky
+    iteration: RLlib 2.60's episode_return_mean averages only the episodes
+    that ended in that iteration, which may be one."""
     from mlflow.tracking import MlflowClient
 
     from pbtflow import names
 
     client = MlflowClient(experiment.tracking_uri)
     found = client.get_experiment_by_name(experiment.experiment_name)
+    if found is None:
+        return None
     runs = client.search_runs([found.experiment_id], f"tags.`{names.TRIAL_ID}` = '{trial_id}'")
     return runs[0].data.metrics.get(names.EVAL_RETURN_MEAN) if runs else None
 
@@ -228,7 +227,7 @@ def main() -> None:
                     if row.get("episodes") is not None:
                         extra += f", {row['episodes']} episodes in the reaching iteration"
                     if row.get("greedy") is not None:
-                        extra += f", that member's last checkpoint's greedy return {row['greedy']:.0f} (20 episodes)"
+                        extra += f", its greedy return {row['greedy']:.0f} (20 episodes)"
                     print(f"{env} seed {seed} {side}: {fmt(row['wall'], 1)} s, {fmt(row['steps'])} "
                           f"env steps{extra} {row.get('note', '')}", flush=True)
             tuned = [median([r[k] for r in rows["tuned"]]) for k in ("wall", "steps")]

@@ -7,7 +7,9 @@ pbtflow says so once."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -70,3 +72,33 @@ def test_a_class_that_is_not_a_trainable_fails_before_ray(monkeypatch, workdir):
                                             metric="height", mutations={"lr": [0.1, 0.2]}))
     assert str(error.value).startswith("trainable: 'user_trainables:NotATrainable' must name a "
                                        "function taking the config dict or a tune.Trainable subclass")
+
+
+def test_the_member_that_reaches_the_target_ends_with_a_checkpoint_of_that_iteration(ray_runtime, workdir):
+    """The population stop saves the reaching member's weights as they reached
+    the target, so that its evaluation and the delivered policy are of them,
+    not of an older checkpoint: Tune's stop of every member saves none, and the
+    last periodic checkpoint here is at iteration 5 while the target (0.5, at
+    0.075 a step) is reached at 6 or 7. The checkpoint file is read directly."""
+    experiment = pbtflow.Experiment(
+        trainable="user_trainables:FileClimber", metric="height", population=2, stop_iters=40,
+        stop_return=0.5, perturbation_interval=5, quantile_fraction=0.5, seed=0,
+        experiment_name="reach", initial={"lr": 0.05, "momentum": 0.5},
+        mutations={"lr": {"uniform": [0.04, 0.06]}, "momentum": [0.5]})
+    results = pbtflow.tune(experiment)
+    assert results.num_errors == 0
+    # The reaching member is the one Tune stopped on its own result (done);
+    # the stop of the population leaves the others' last results as they were.
+    ended = [r for r in results if r.metrics.get("done")]
+    assert len(ended) == 1, [r.metrics for r in results]
+    first = ended[0]
+    assert first.metrics["height"] >= 0.5
+    saved = json.loads((Path(first.checkpoint.path) / "height.json").read_text())
+    assert saved == {"height": first.metrics["height"],
+                     "iteration": first.metrics["training_iteration"]}, saved
+    assert first.metrics["training_iteration"] % 5 != 0  # not a periodic checkpoint
+    assert all(r.metrics["training_iteration"] < 40 for r in results)  # the population stop
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parents, _ = runs_by_role(client, "reach")
+    assert parents[0].info.status == "FINISHED"
+    assert_record_is_true(client, parents[0].info.run_id, results)

@@ -1,6 +1,9 @@
 """Function trainables written as a user would, for the tests: they use
 pbtflow.checkpoint and nothing else from pbtflow."""
 
+import json
+import os
+
 from ray import tune
 
 from pbtflow import checkpoint
@@ -100,6 +103,19 @@ class Climber(tune.Trainable):
 
     def load_checkpoint(self, checkpoint):
         self.height = checkpoint["height"]
+
+
+class FileClimber(Climber):
+    """Climber whose checkpoint is a file a test can read: the height and the
+    iteration it was saved at."""
+
+    def save_checkpoint(self, checkpoint_dir):
+        with open(os.path.join(checkpoint_dir, "height.json"), "w") as file:
+            json.dump({"height": self.height, "iteration": self.iteration}, file)
+
+    def load_checkpoint(self, checkpoint_dir):
+        with open(os.path.join(checkpoint_dir, "height.json")) as file:
+            self.height = json.load(file)["height"]
 
 
 class NotATrainable:

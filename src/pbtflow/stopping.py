@@ -47,7 +47,11 @@ _STOPPER_BOARDS: dict[str, dict[str, Any]] = {}  # stopper token -> what its cop
 
 class PopulationStopper(ray_tune.Stopper):
     """Stops a member at ``stop_iters`` and the whole population once the best
-    member's metric reaches ``stop_value``. A metric (or time attribute) the
+    member's metric reaches ``stop_value``: first that member alone, so that
+    Tune saves its weights as they reached the target (its checkpoint at end;
+    a population stop saves none, and the best member's evaluation and
+    delivered policy would be an older checkpoint), then, once it has ended
+    (``TrainableWatch`` says so), everyone else. A metric (or time attribute) the
     trainable does not report stops everything at the first result that lacks
     it, with a clear message, unless the trainable says it is only pending
     (``metric_pending``: no RL episode has finished yet)."""
@@ -85,6 +89,8 @@ class PopulationStopper(ray_tune.Stopper):
             if board.get(key) is None and value is not None:
                 board[key] = value
                 board.setdefault("saved", set()).add(key)
+        if board["reached"] is not None:  # the process that saw it reach is gone: nothing to wait for
+            board["settled"] = True
 
     @property
     def error_saved(self) -> bool:
@@ -108,6 +114,11 @@ class PopulationStopper(ray_tune.Stopper):
     def error(self, value: str | None) -> None:
         self._board()["error"] = value
 
+    def settle(self, trial_id: str) -> None:
+        """``trial_id`` has ended: if it reached the target, the rest may stop."""
+        if self.reached is not None and self.reached[0] == trial_id:
+            self._board()["settled"] = True
+
     def __call__(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         flat = flatten_dict(dict(result), delimiter="/")
         if flat.get("done") and names.TRAINING_ITERATION not in flat:
@@ -126,17 +137,19 @@ class PopulationStopper(ray_tune.Stopper):
             better = value >= self.stop_value if self.mode == "max" else value <= self.stop_value
             if better and self.reached is None:
                 self.reached = (trial_id, float(value))
+                return True  # this member ends first, with its checkpoint
         return flat.get(names.TRAINING_ITERATION, 0) >= self.stop_iters
 
     def stop_all(self) -> bool:
-        return self.reached is not None or self.error is not None
+        return self.error is not None or bool(self.reached and self._board().get("settled"))
 
 
 class TrainableWatch(ray_tune.Callback):
     """What only the trainable can tell, at its first results: a trainable that
     raises before its first report (its own exception and line, not Tune's
     wrapper) or returns without reporting ends the experiment at once, through
-    the stopper, instead of being retried or ending quietly."""
+    the stopper, instead of being retried or ending quietly. It also tells the
+    stopper when the member that reached the target has ended (saved)."""
 
     def __init__(self, stopper: PopulationStopper, trainable: str) -> None:
         self.stopper, self.trainable = stopper, trainable
@@ -145,9 +158,11 @@ class TrainableWatch(ray_tune.Callback):
         self._check_failure(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.stopper.settle(trial.trial_id)
         self._check_failure(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.stopper.settle(trial.trial_id)
         if names.TRAINING_ITERATION not in (trial.last_result or {}) and self.stopper.error is None:
             self.stopper.error = (f"trainable: {self.trainable!r} returned without reporting a result; "
                                   "report every step with tune.report({...}) (or pbtflow.checkpoint's "
