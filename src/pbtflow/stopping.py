@@ -155,6 +155,10 @@ class TrainableWatch(ray_tune.Callback):
         self.stopper, self.trainable = stopper, trainable
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        # A reaching member whose final save failed is retried from an older
+        # checkpoint, and would never stop again: the rest stop now, as a
+        # population stop does.
+        self.stopper.settle(trial.trial_id)
         self._check_failure(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
