@@ -22,7 +22,7 @@ SPACE = {"initial": {"x": tune.uniform(0.5, 2.0)}, "mutations": {"x": tune.unifo
     ("no_such_module:train", "'no_such_module' must be an importable module, but got "
                              "trainable='no_such_module:train' (ModuleNotFoundError"),
     ("user_trainables:nothing", "module 'user_trainables' must define 'nothing', but got "
-                                "trainable='user_trainables:nothing'; its functions and classes are: Climber, "
+                                "trainable='user_trainables:nothing'; its functions and classes are: Climber, FileClimber, "
                                 "NotATrainable, blocking, broken, counting"),
     ("user_trainables:NOT_A_FUNCTION", "must name a function taking the config dict or a "
                                        "tune.Trainable subclass, but got a int"),

@@ -269,6 +269,30 @@ def test_the_stoppers_verdict_reaches_a_new_process_with_its_pickle(ended_on):
         assert error_saved
 
 
+@pytest.mark.parametrize("save_reaching", [True, False])
+def test_the_reaching_member_ends_first_when_tune_saves_it_at_its_end(save_reaching):
+    """A class or RLlib member that reaches the target stops alone (Tune saves
+    its checkpoint at end) and the others once it has ended; a function
+    trainable's population stops at once (it saves only when it says so).
+    A resume in a new process does not wait for a member that has ended."""
+    stopper = PopulationStopper("score", "max", 10, 5.0, save_reaching=save_reaching)
+    assert stopper("t0", {"training_iteration": 3, "score": 4.0}) is False
+    assert stopper("t1", {"training_iteration": 3, "score": 7.0}) is save_reaching
+    assert stopper.reached == ("t1", 7.0)
+    assert stopper.stop_all() is not save_reaching
+    stopper.settle("t0")  # another member ending (its stop_iters, an error) is not the one
+    assert stopper.stop_all() is not save_reaching
+    stopper.settle("t1")
+    assert stopper.stop_all()
+    waiting = PopulationStopper("score", "max", 10, 5.0, save_reaching=True)
+    waiting("t1", {"training_iteration": 3, "score": 7.0})
+    read = ("import pickle, sys\n"
+            "print(pickle.load(sys.stdin.buffer).stop_all())")
+    loaded = subprocess.run([sys.executable, "-c", read], input=pickle.dumps(waiting),
+                            capture_output=True, timeout=60, check=True)
+    assert loaded.stdout.decode().strip() == "True"
+
+
 class _Trial:
     def __init__(self, trial_id, **config):
         self.trial_id, self.config = trial_id, config

@@ -47,19 +47,23 @@ _STOPPER_BOARDS: dict[str, dict[str, Any]] = {}  # stopper token -> what its cop
 
 class PopulationStopper(ray_tune.Stopper):
     """Stops a member at ``stop_iters`` and the whole population once the best
-    member's metric reaches ``stop_value``: first that member alone, so that
-    Tune saves its weights as they reached the target (its checkpoint at end;
-    a population stop saves none, and the best member's evaluation and
-    delivered policy would be an older checkpoint), then, once it has ended
-    (``TrainableWatch`` says so), everyone else. A metric (or time attribute) the
+    member's metric reaches ``stop_value``. With ``save_reaching`` (a class or
+    RLlib trainable: Tune checkpoints it at its end) that member stops first,
+    alone, so that Tune saves its weights as they reached the target (a
+    population stop saves none, and the best member's evaluation and
+    delivered policy would be an older checkpoint), and everyone else once it
+    has ended (``TrainableWatch`` says so). A function trainable saves only
+    when it reports a checkpoint, so its population stops at once. A metric (or time attribute) the
     trainable does not report stops everything at the first result that lacks
     it, with a clear message, unless the trainable says it is only pending
     (``metric_pending``: no RL episode has finished yet)."""
 
     def __init__(self, metric: str, mode: str, stop_iters: int, stop_value: float | None,
                  time_attr: str = names.TRAINING_ITERATION,
-                 metric_pending: Callable[[dict], bool] | None = None) -> None:
+                 metric_pending: Callable[[dict], bool] | None = None,
+                 save_reaching: bool = False) -> None:
         self.metric, self.mode, self.time_attr = metric, mode, time_attr
+        self.save_reaching = save_reaching
         self.stop_iters, self.stop_value = stop_iters, stop_value
         self.metric_pending = metric_pending
         self._token = uuid.uuid4().hex
@@ -137,7 +141,9 @@ class PopulationStopper(ray_tune.Stopper):
             better = value >= self.stop_value if self.mode == "max" else value <= self.stop_value
             if better and self.reached is None:
                 self.reached = (trial_id, float(value))
-                return True  # this member ends first, with its checkpoint
+                if self.save_reaching:
+                    return True  # this member ends first, with its checkpoint
+                self._board()["settled"] = True
         return flat.get(names.TRAINING_ITERATION, 0) >= self.stop_iters
 
     def stop_all(self) -> bool:

@@ -210,7 +210,7 @@ def _new_tuner(plan: Plan, parent: runs.ParentRun, redraw: bool = True) -> ray_t
                                     experiment.time_attr)
     stopper = stopping.PopulationStopper(plan.metric, experiment.mode, experiment.stop_iters,
                                          experiment.stop_return, experiment.time_attr,
-                                         spec.metric_pending)
+                                         spec.metric_pending, save_reaching=not spec.function)
     if isinstance(scheduler, Recording):
         scheduler.stopper = stopper
     return ray_tune.Tuner(
