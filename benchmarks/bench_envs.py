@@ -20,6 +20,9 @@ iteration: with small batches and long episodes that may be one lucky episode.
 So each side also prints how many episodes the reaching iteration ended, and
 pbtflow's side the greedy return over 20 fresh episodes of the weights that
 reached the target (pbtflow's evaluation after tuning, read back from MLflow).
+``--stop-episodes N`` makes both sides stop on the mean over the latest
+iterations that ended at least N episodes instead (pbtflow's setting of that
+name; the single run computes the same window).
 
     python benchmarks/bench_envs.py                      # 3 seeds, the three envs (~1 h on 2 cores)
     python benchmarks/bench_envs.py --seeds 1 --envs CartPole-v1
@@ -80,29 +83,40 @@ def single_ppo(env: str, training: dict, envs: int, normalise: bool, activation:
             .debugging(seed=seed)).build_algo()
 
 
-def run_tuned(env: str, seed: int, folder: Path) -> dict:
+def run_tuned(env: str, seed: int, folder: Path, stop_episodes: int = 1) -> dict:
+    from pbtflow.stopping import windowed_mean  # the same window as pbtflow's stop
+
     start = time.time()
     algo = single_ppo(env, *TUNED[env], seed=seed)
-    last = float("nan")
+    last, rows = float("nan"), []
     while time.time() - start < CAP_S:
         result = algo.train()
         runners = result["env_runners"]
         value = runners.get("episode_return_mean", float("nan"))
-        last = value if value == value else last
+        episodes = runners.get("num_episodes") or 0
+        if value != value or not episodes:
+            continue
+        if stop_episodes > 1:
+            value = windowed_mean(rows, result["training_iteration"], value, episodes, stop_episodes)
+            if value is None:
+                continue
+        last = value
         if value >= TARGETS[env]:
             return {"wall": time.time() - start, "steps": runners["num_env_steps_sampled_lifetime"],
                     "episodes": runners.get("num_episodes")}
     return {"wall": None, "steps": None, "note": f"return {last:.0f} at the cap"}
 
 
-def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None) -> dict:
+def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None,
+                stop_episodes: int = 1) -> dict:
     import pbtflow
     from pbtflow.lineage import count_global_log  # Ray's own PBT log
 
     experiment = pbtflow.Experiment(
         env=env, stop_return=TARGETS[env], stop_iters=100_000, seed=seed,
         storage_path=str(folder / "ray"), tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-        experiment_name=f"bench-{env}", upload_checkpoint=False, cpus_per_trial_process=cpus)
+        experiment_name=f"bench-{env}", upload_checkpoint=False, cpus_per_trial_process=cpus,
+        stop_episodes=stop_episodes)
     # The cap: an interruption ends the population as a user's Ctrl-C would.
     timer = threading.Timer(CAP_S, lambda: os.kill(os.getpid(), 2))
     timer.daemon = True
@@ -123,9 +137,9 @@ def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None) ->
         return {"wall": None, "steps": None, "note": note}
     finally:
         timer.cancel()
-    reached = [r.metrics for r in results
-               if r.metrics and (r.metrics.get("env_runners") or {}).get("episode_return_mean",
-                                                                         float("-inf")) >= TARGETS[env]]
+    # The member that reached the target is the one Tune stopped on its own
+    # result (done); the population stop leaves the others' as they were.
+    reached = [r.metrics for r in results if r.metrics and r.metrics.get("done")]
     if not reached:
         return {"wall": None, "steps": None, "errors": results.num_errors}
     first = min(reached, key=lambda m: m["timestamp"])
@@ -169,20 +183,24 @@ def population_steps(results, until: float) -> tuple[int, int]:
     return int(total), len(pids)
 
 
-def one(side: str, env: str, seed: int, folder: str, cpus: float | None = None) -> None:
+def one(side: str, env: str, seed: int, folder: str, cpus: float | None = None,
+        stop_episodes: int = 1) -> None:
     """Child process: one side, one env, one seed; prints one JSON line."""
     logging.disable(logging.WARNING)
     folder = Path(folder)
     os.chdir(folder)  # MLflow keeps a SQLite store's artifacts in ./mlruns
-    row = run_tuned(env, seed, folder) if side == "tuned" else run_pbtflow(env, seed, folder, cpus)
+    row = (run_tuned(env, seed, folder, stop_episodes) if side == "tuned"
+           else run_pbtflow(env, seed, folder, cpus, stop_episodes))
     print("ROW " + json.dumps(row), flush=True)
 
 
-def spawn(side: str, env: str, seed: int, tmp: Path, cpus: float | None = None) -> dict:
+def spawn(side: str, env: str, seed: int, tmp: Path, cpus: float | None = None,
+          stop_episodes: int = 1) -> dict:
     folder = tmp / f"{side}-{env}-{seed}"
     folder.mkdir()
     try:
-        extra = ["--cpus-per-trial-process", str(cpus)] if cpus else []
+        extra = (["--cpus-per-trial-process", str(cpus)] if cpus else []) + [
+            "--stop-episodes", str(stop_episodes)]
         done = subprocess.run([sys.executable, __file__, "--one", side, env, str(seed), str(folder),
                                *extra],
                               capture_output=True, text=True, timeout=CAP_S + 180)
@@ -209,18 +227,23 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--cpus-per-trial-process", type=float, default=None,
                         help="pbtflow's CPUs per member (default: pbtflow's own default)")
+    parser.add_argument("--stop-episodes", type=int, default=1,
+                        help="both sides stop on the mean over the latest iterations that ended at "
+                             "least this many episodes (pbtflow's --stop-episodes; default 1: the "
+                             "latest iteration's)")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         side, env, seed, folder = args.one
-        return one(side, env, int(seed), folder, args.cpus_per_trial_process)
+        return one(side, env, int(seed), folder, args.cpus_per_trial_process, args.stop_episodes)
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for env in args.envs:
             rows: dict[str, list[dict]] = {"tuned": [], "pbtflow": []}
             for seed in range(args.seeds):
                 for side in (("tuned", "pbtflow") if seed % 2 == 0 else ("pbtflow", "tuned")):
-                    row = spawn(side, env, seed, Path(tmp), args.cpus_per_trial_process)
+                    row = spawn(side, env, seed, Path(tmp), args.cpus_per_trial_process,
+                                args.stop_episodes)
                     rows[side].append(row)
                     extra = (f", {row['actors']} actors, {row['exploits']} exploits"
                              if "actors" in row else "")

@@ -77,6 +77,11 @@ def test_a_bad_setting_fails_before_ray_in_one_sentence(name, value, tmp_path, m
     ("trainable: quadratic\ninitial: {h0: 2.0}\n",
      "initial.h0: 2 lies outside its mutation's range [0, 1]"),
     ("trainable: quadratic\nmode: min\n", "mode: quadratic's metric 'Q' is maximised"),
+    ("trainable: quadratic\nstop_episodes: 20\n",
+     "stop_episodes: averages an RLlib member's 'env_runners/episode_return_mean' over episodes, "
+     "but got stop_episodes=20 with trainable='quadratic'"),
+    ("metric: env_runners/episode_return_max\nstop_episodes: 20\n",
+     "and metric='env_runners/episode_return_max'; leave it out"),
 ])
 def test_config_files_that_contradict_themselves(text, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -15,6 +15,7 @@ from pbtflow import names
 from pbtflow.cli import main
 from pbtflow.experiment import ExperimentError
 from pbtflow.lineage import count_global_log
+from pbtflow.trainables.rllib import EPISODES_THIS_ITER
 from mlflow_checks import (assert_nested_runs, assert_policy_plays_as_evaluated, assert_record_is_true,
                            runs_by_role)
 from conftest import run_entry
@@ -285,3 +286,44 @@ def test_replay_retrains_on_the_best_schedule(smoke_run):
         assert history
         for m in history:  # step k is training iteration k + 1
             assert m.value == pytest.approx(config_at(schedule, m.step + 1)[key]), (key, m.step)
+
+
+def _windowed(rows: list[dict], at_least: int) -> list[float | None]:
+    """Per progress.csv row: the mean return over the fewest latest rows that
+    ended at least ``at_least`` episodes, recomputed from Tune's own CSV."""
+    means = []
+    for end in range(len(rows)):
+        total = weighted = 0.0
+        for row in reversed(rows[:end + 1]):
+            episodes = float(row[EPISODES_THIS_ITER] or 0)
+            if episodes:
+                total += episodes
+                weighted += episodes * float(row[METRIC])
+            if total >= at_least:
+                break
+        means.append(weighted / total if total >= at_least else None)
+    return means
+
+
+def test_stop_episodes_stops_the_population_on_the_mean_of_the_latest_episodes(ray_runtime, workdir):
+    """--stop-episodes on a real PPO population (CartPole, no exploit within
+    the run): the member that ends the population is the first whose mean
+    over its latest iterations holding 30 episodes reaches the target, as
+    recomputed from each member's progress.csv; its own iterations' means
+    crossed the target before (so the window is what decided); and it ends
+    with a checkpoint of that iteration."""
+    target, window = 100.0, 30
+    results = pbtflow.tune(pbtflow.Experiment(
+        smoke=True, seed=0, experiment_name="window", stop_iters=60, perturbation_interval=1000,
+        stop_return=target, stop_episodes=window, eval_top=0))
+    assert results.num_errors == 0
+    ended = [r for r in results if r.metrics.get("done")]
+    assert len(ended) == 1, [r.metrics.get("training_iteration") for r in results]
+    with open(Path(ended[0].path) / "progress.csv") as file:
+        rows = list(csv.DictReader(file))
+    means = _windowed(rows, window)
+    assert means[-1] is not None and means[-1] >= target, means
+    assert all(m is None or m < target for m in means[:-1]), means
+    assert any(float(row[METRIC]) >= target for row in rows[:-1] if float(row[EPISODES_THIS_ITER] or 0))
+    assert int(rows[-1]["training_iteration"]) < 60
+    assert Path(ended[0].checkpoint.path).name == "checkpoint_000000"  # saved at its end only

@@ -22,9 +22,9 @@ import pbtflow
 from pbtflow import names, record_check
 from pbtflow.cli import main
 from pbtflow.trainables.ppo import CONTINUOUS
-from pbtflow.trainables.rllib import no_episode_finished
+from pbtflow.trainables.rllib import EPISODES_THIS_ITER, no_episode_finished
 from pbtflow.console import MAX_ROWS, Progress
-from pbtflow.stopping import PopulationStopper
+from pbtflow.stopping import PopulationStopper, windowed_mean
 from mlflow_checks import assert_record_is_true, runs_by_role
 
 
@@ -291,6 +291,60 @@ def test_the_reaching_member_ends_first_when_tune_saves_it_at_its_end(save_reach
     loaded = subprocess.run([sys.executable, "-c", read], input=pickle.dumps(waiting),
                             capture_output=True, timeout=60, check=True)
     assert loaded.stdout.decode().strip() == "True"
+
+
+def test_the_windowed_stop_return_is_the_mean_of_the_latest_episodes_recomputed_one_by_one():
+    """windowed_mean against the episodes themselves: each iteration ends a
+    random number of episodes (often none or one, as a small batch on long
+    episodes does), and the mean is recomputed from the episode returns of
+    the fewest latest iterations that hold at least N of them."""
+    rng = random.Random(3)
+    episodes: list[tuple[int, float]] = []  # (iteration, return)
+    rows: list = []
+    for iteration in range(1, 200):
+        returns = [rng.uniform(-200, 300) for _ in range(rng.choice([0, 0, 1, 1, 2, 7]))]
+        episodes += [(iteration, r) for r in returns]
+        mean = sum(returns) / len(returns) if returns else 123.0  # a repeated value: ignored
+        got = windowed_mean(rows, iteration, mean, len(returns), 10, keep=5)
+        counted, first = 0, iteration + 1
+        while counted < 10 and first > 1:
+            first -= 1
+            counted += sum(1 for i, _ in episodes if i == first)
+        window = [r for i, r in episodes if i >= first]
+        if len(window) < 10:
+            assert got is None, (iteration, got)
+        else:
+            assert got == pytest.approx(sum(window) / len(window)), iteration
+    assert len(rows) < 30  # trimmed (about 130 of the 199 iterations ended episodes)
+
+
+def test_one_lucky_episode_does_not_stop_the_population_under_stop_episodes():
+    """LunarLander's case: a member whose iterations ended one episode each
+    and whose last one returned 219.6 has not reached 200 over 10 episodes;
+    a member that exploits takes over its donor's episodes up to the donor's
+    checkpoint; a member sent back to an older checkpoint (a retry) forgets
+    the episodes after it."""
+    stopper = PopulationStopper(names.RETURN_MEAN, "max", 1000, 200.0, save_reaching=True,
+                                stop_episodes=10, episodes_key=EPISODES_THIS_ITER)
+
+    def result(iteration, mean, episodes):
+        return {"training_iteration": iteration,
+                "env_runners": {"episode_return_mean": mean, "num_episodes": episodes}}
+
+    for iteration, value in enumerate([-27, -73, -10, 26, -76, 109, 89, 150, 180, 219.6], start=1):
+        assert stopper("t0", result(iteration, value, 1)) is False
+    assert stopper.reached is None  # their mean is 58.8
+    plain = PopulationStopper(names.RETURN_MEAN, "max", 1000, 200.0, save_reaching=True)
+    assert plain("t0", result(10, 219.6, 1)) is True  # the latest iteration's one episode
+    for iteration in range(1, 6):  # the donor: 5 episodes an iteration, at 250
+        assert stopper("t1", result(iteration, 250.0, 5)) is (iteration == 2)
+    assert stopper.reached == ("t1", 250.0)
+    stopper.reached = None  # (a fresh verdict, for what follows)
+    stopper.inherit("t0", "t1", 1)  # t0 continues from t1's checkpoint of iteration 1: 5 episodes
+    assert stopper("t0", result(2, 100.0, 5)) is False  # (5 x 250 + 5 x 100) / 10 = 175
+    assert stopper("t0", result(3, 250.0, 5)) is False  # (5 x 100 + 5 x 250) / 10 = 175
+    assert stopper("t0", result(2, 300.0, 6)) is True  # retried from iteration 1: (5 x 250 + 6 x 300) / 11
+    assert stopper.reached == ("t0", pytest.approx((5 * 250 + 6 * 300) / 11))
 
 
 class _Trial:

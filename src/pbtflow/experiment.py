@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from pbtflow.names import RETURN_MEAN
+
 PRESETS = ("auto", "discrete", "continuous", "cluster")
 BASELINES = ("grid", "random")
 SCHEDULERS = ("pbt", "pb2")
@@ -86,8 +88,15 @@ class Experiment:
     stop_return: float | None = _opt(None, "Stop the whole population once the best member's "
                                      "metric reaches this value (for RLlib, its mean return over the "
                                      "episodes that ended in the member's latest iteration, which "
-                                     "a small batch keeps few; PPO's preset: 450; 'inf' never stops "
-                                     "early).")
+                                     "a small batch keeps few: see --stop-episodes; PPO's preset: 450; "
+                                     "'inf' never stops early).")
+    stop_episodes: int = _opt(1, "With --stop-return on an RLlib member's mean return: compare "
+                              "instead its mean over its latest iterations that together ended at "
+                              "least this many episodes (each iteration weighted by its episodes; "
+                              "a member that exploits takes over its donor's); gymnasium calls an "
+                              "environment solved at a mean over 100 episodes. Default 1: the "
+                              "latest iteration's episodes.", only="rllib",
+        invalid=("0",))
     metric: str | None = _opt(None, "Metric PBT ranks members by; default: the trainable's own.",
         invalid=("",))
     mode: str = _opt("max", "Whether the metric is maximised ('max') or minimised ('min').",
@@ -247,6 +256,12 @@ class Experiment:
                "use --population 2 or more")
         _check(self.stop_iters >= 1, "stop_iters",
                f"must be at least 1, but got stop_iters={self.stop_iters}")
+        _check(self.stop_episodes >= 1, "stop_episodes",
+               f"must be 1 or more, but got stop_episodes={self.stop_episodes}")
+        _check(self.stop_episodes == 1 or (self.is_rllib and self.metric == RETURN_MEAN), "stop_episodes",
+               f"averages an RLlib member's {RETURN_MEAN!r} over episodes, but got "
+               f"stop_episodes={self.stop_episodes} with trainable={self.trainable!r} and "
+               f"metric={self.metric!r}; leave it out")
         _check(self.mode in ("max", "min"), "mode", f"must be 'max' or 'min', but got mode={self.mode!r}")
         _check(self.metric is None or bool(self.metric.strip()), "metric",
                f"must name a result field the trainable reports, but got metric={self.metric!r}")

@@ -291,6 +291,8 @@ class Recording:
             "new": {k: get_path(trial.config, k) for k in self.mutated_keys},
             "wall_time": time.time(),
         })
+        if self.stopper is not None:
+            self.stopper.inherit(trial.trial_id, trial_to_clone.trial_id, self.events[-1]["donor_step"])
 
 
 class RecordingPBT(Recording, PopulationBasedTraining):

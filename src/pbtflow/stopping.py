@@ -42,6 +42,33 @@ class Population(BasicVariantGenerator):
         return super().is_finished() and (stopped or not ray_internals.live_trials(self))
 
 
+KEEP_ITERATIONS = 100  # how far back a member may go (a donor's checkpoint, a retry)
+
+
+def windowed_mean(rows: list[tuple[int, float, int]], iteration: int, mean: float, episodes: int,
+                  at_least: int, keep: int = KEEP_ITERATIONS) -> float | None:
+    """The mean return over a member's latest iterations that together ended
+    at least ``at_least`` episodes, each iteration's mean weighted by its
+    episodes, or None until the member has ended that many. ``rows``
+    (iteration, mean, episodes), oldest first, is updated in place with this
+    iteration's: rows at or after ``iteration`` go first (the member went back
+    to an older checkpoint: a retry, a resume), and old rows once the rows up
+    to ``keep`` iterations back hold the window without them (so that a
+    member sent back that far still has its episodes before)."""
+    while rows and rows[-1][0] >= iteration:
+        rows.pop()
+    if episodes:
+        rows.append((iteration, mean, episodes))
+    while len(rows) > 1 and sum(n for i, _, n in rows[1:] if i <= iteration - keep) >= at_least:
+        rows.pop(0)
+    total = weighted = 0.0
+    for _, m, n in reversed(rows):
+        total, weighted = total + n, weighted + m * n
+        if total >= at_least:
+            return weighted / total
+    return None
+
+
 _STOPPER_BOARDS: dict[str, dict[str, Any]] = {}  # stopper token -> what its copies learned
 
 
@@ -61,9 +88,13 @@ class PopulationStopper(ray_tune.Stopper):
     def __init__(self, metric: str, mode: str, stop_iters: int, stop_value: float | None,
                  time_attr: str = names.TRAINING_ITERATION,
                  metric_pending: Callable[[dict], bool] | None = None,
-                 save_reaching: bool = False) -> None:
+                 save_reaching: bool = False, stop_episodes: int = 1,
+                 episodes_key: str | None = None) -> None:
         self.metric, self.mode, self.time_attr = metric, mode, time_attr
         self.save_reaching = save_reaching
+        # The metric is a mean over this iteration's episodes (RLlib's return),
+        # counted in ``episodes_key``: the stop compares windowed_mean's instead.
+        self.stop_episodes, self.episodes_key = stop_episodes, episodes_key
         self.stop_iters, self.stop_value = stop_iters, stop_value
         self.metric_pending = metric_pending
         self._token = uuid.uuid4().hex
@@ -83,7 +114,8 @@ class PopulationStopper(ray_tune.Stopper):
 
     def __getstate__(self) -> dict[str, Any]:
         board = self._board()
-        return {**self.__dict__, "_verdict": {"reached": board["reached"], "error": board["error"]}}
+        return {**self.__dict__, "_verdict": {"reached": board["reached"], "error": board["error"],
+                                              "windows": board.get("windows")}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         verdict = state.pop("_verdict", None) or {}  # none in a stopper pickled before
@@ -137,6 +169,11 @@ class PopulationStopper(ray_tune.Stopper):
         if self.metric not in flat:  # pending: nothing to rank or stop on yet
             return flat.get(names.TRAINING_ITERATION, 0) >= self.stop_iters
         value = flat[self.metric]
+        if self.stop_value is not None and value is not None and self.episodes_key is not None \
+                and self.stop_episodes > 1:
+            rows = self._board().setdefault("windows", {}).setdefault(trial_id, [])
+            value = windowed_mean(rows, flat.get(names.TRAINING_ITERATION, 0), value,
+                                  int(flat.get(self.episodes_key) or 0), self.stop_episodes)
         if self.stop_value is not None and value is not None:
             better = value >= self.stop_value if self.mode == "max" else value <= self.stop_value
             if better and self.reached is None:
@@ -145,6 +182,14 @@ class PopulationStopper(ray_tune.Stopper):
                     return True  # this member ends first, with its checkpoint
                 self._board()["settled"] = True
         return flat.get(names.TRAINING_ITERATION, 0) >= self.stop_iters
+
+    def inherit(self, trial_id: str, donor_id: str, donor_step: int | None) -> None:
+        """An exploit: ``trial_id`` continues from ``donor_id``'s checkpoint of
+        iteration ``donor_step``, so the episodes it has played are the
+        donor's until then (for the windowed stop return)."""
+        windows = self._board().setdefault("windows", {})
+        windows[trial_id] = [row for row in windows.get(donor_id, ())
+                             if donor_step is None or row[0] <= donor_step]
 
     def stop_all(self) -> bool:
         return self.error is not None or bool(self.reached and self._board().get("settled"))

@@ -210,7 +210,9 @@ def _new_tuner(plan: Plan, parent: runs.ParentRun, redraw: bool = True) -> ray_t
                                     experiment.time_attr)
     stopper = stopping.PopulationStopper(plan.metric, experiment.mode, experiment.stop_iters,
                                          experiment.stop_return, experiment.time_attr,
-                                         spec.metric_pending, save_reaching=not spec.function)
+                                         spec.metric_pending, save_reaching=not spec.function,
+                                         stop_episodes=experiment.stop_episodes,
+                                         episodes_key=spec.episodes_key if plan.metric == spec.metric else None)
     if isinstance(scheduler, Recording):
         scheduler.stopper = stopper
     return ray_tune.Tuner(

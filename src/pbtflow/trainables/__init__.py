@@ -102,6 +102,9 @@ class TrainableSpec:
     # Whether a result (flattened with "/") may still lack the metric for a
     # good reason, e.g. no RL episode has finished yet.
     metric_pending: Callable[[dict], bool] | None = None
+    # The result field (flattened) that counts the episodes the metric averages
+    # in this result, if it is such a mean (RLlib's return): --stop-episodes.
+    episodes_key: str | None = None
 
 
 def build(experiment) -> TrainableSpec:

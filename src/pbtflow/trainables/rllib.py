@@ -154,6 +154,7 @@ def spec(experiment, config, preset: Mapping[str, Any], *, trainable, callback, 
         reuse_actors=reuse,
         points_to_evaluate=points or None,
         metric_pending=no_episode_finished,
+        episodes_key=EPISODES_THIS_ITER,
     )
 
 
