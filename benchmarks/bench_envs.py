@@ -85,10 +85,11 @@ def single_ppo(env: str, training: dict, envs: int, normalise: bool, activation:
 
 def run_tuned(env: str, seed: int, folder: Path, stop_episodes: int = 1) -> dict:
     from pbtflow.stopping import windowed_mean  # the same window as pbtflow's stop
+    from pbtflow.trainables.rllib import episodes_averaged
 
     start = time.time()
     algo = single_ppo(env, *TUNED[env], seed=seed)
-    last, rows = float("nan"), []
+    last, rows, cap = float("nan"), [], episodes_averaged(algo.config)
     while time.time() - start < CAP_S:
         result = algo.train()
         runners = result["env_runners"]
@@ -97,7 +98,8 @@ def run_tuned(env: str, seed: int, folder: Path, stop_episodes: int = 1) -> dict
         if value != value or not episodes:
             continue
         if stop_episodes > 1:
-            value = windowed_mean(rows, result["training_iteration"], value, episodes, stop_episodes)
+            value = windowed_mean(rows, result["training_iteration"], value, min(episodes, cap),
+                                  stop_episodes)
             if value is None:
                 continue
         last = value

@@ -82,6 +82,8 @@ def test_a_bad_setting_fails_before_ray_in_one_sentence(name, value, tmp_path, m
      "but got stop_episodes=20 with trainable='quadratic'"),
     ("metric: env_runners/episode_return_max\nstop_episodes: 20\n",
      "and metric='env_runners/episode_return_max'; leave it out"),
+    ("trainable: sac\nstop_episodes: 20\n", "stop_episodes: sets how --stop-return's mean is taken, "
+     "but got stop_episodes=20 without stop_return"),
 ])
 def test_config_files_that_contradict_themselves(text, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

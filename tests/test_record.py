@@ -22,7 +22,7 @@ import pbtflow
 from pbtflow import names, record_check
 from pbtflow.cli import main
 from pbtflow.trainables.ppo import CONTINUOUS
-from pbtflow.trainables.rllib import EPISODES_THIS_ITER, no_episode_finished
+from pbtflow.trainables.rllib import EPISODES_THIS_ITER, episodes_averaged, no_episode_finished
 from pbtflow.console import MAX_ROWS, Progress
 from pbtflow.stopping import PopulationStopper, windowed_mean
 from mlflow_checks import assert_record_is_true, runs_by_role
@@ -345,6 +345,26 @@ def test_one_lucky_episode_does_not_stop_the_population_under_stop_episodes():
     assert stopper("t0", result(3, 250.0, 5)) is False  # (5 x 100 + 5 x 250) / 10 = 175
     assert stopper("t0", result(2, 300.0, 6)) is True  # retried from iteration 1: (5 x 250 + 6 x 300) / 11
     assert stopper.reached == ("t0", pytest.approx((5 * 250 + 6 * 300) / 11))
+
+
+def test_the_window_counts_only_the_episodes_rllibs_mean_takes():
+    """RLlib 2.60's mean return takes at most the latest
+    metrics_num_episodes_for_smoothing episodes of an iteration (split over
+    the env runners): with SAC's 5, an iteration that ended 12 episodes
+    counts as 5 in the window."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.algorithms.sac import SACConfig
+
+    assert episodes_averaged(PPOConfig()) == 100
+    assert episodes_averaged(PPOConfig().env_runners(num_env_runners=3)) == 3 * 34
+    assert episodes_averaged(SACConfig().reporting(metrics_num_episodes_for_smoothing=5)) == 5
+    stopper = PopulationStopper(names.RETURN_MEAN, "max", 1000, 200.0, stop_episodes=10,
+                                episodes_key=EPISODES_THIS_ITER, episodes_cap=5)
+    iteration = {"training_iteration": 1, "env_runners": {"episode_return_mean": 250.0, "num_episodes": 12}}
+    stopper("t0", iteration)
+    assert stopper.reached is None  # 5 episodes, not 12
+    stopper("t0", {"training_iteration": 2, "env_runners": {"episode_return_mean": 150.0, "num_episodes": 12}})
+    assert stopper.reached == ("t0", 200.0)  # (5 x 250 + 5 x 150) / 10
 
 
 class _Trial:

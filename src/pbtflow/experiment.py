@@ -92,7 +92,8 @@ class Experiment:
                                      "'inf' never stops early).")
     stop_episodes: int = _opt(1, "With --stop-return on an RLlib member's mean return: compare "
                               "instead its mean over its latest iterations that together ended at "
-                              "least this many episodes (each iteration weighted by its episodes; "
+                              "least this many episodes (each iteration weighted by the episodes "
+                              "its mean takes; "
                               "a member that exploits takes over its donor's); gymnasium calls an "
                               "environment solved at a mean over 100 episodes. Default 1: the "
                               "latest iteration's episodes.", only="rllib",
@@ -262,6 +263,9 @@ class Experiment:
                f"averages an RLlib member's {RETURN_MEAN!r} over episodes, but got "
                f"stop_episodes={self.stop_episodes} with trainable={self.trainable!r} and "
                f"metric={self.metric!r}; leave it out")
+        _check(self.stop_episodes == 1 or self.stop_return is not None, "stop_episodes",
+               f"sets how --stop-return's mean is taken, but got stop_episodes={self.stop_episodes} "
+               "without stop_return; pass --stop-return too, or leave it out")
         _check(self.mode in ("max", "min"), "mode", f"must be 'max' or 'min', but got mode={self.mode!r}")
         _check(self.metric is None or bool(self.metric.strip()), "metric",
                f"must name a result field the trainable reports, but got metric={self.metric!r}")

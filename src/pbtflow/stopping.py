@@ -89,12 +89,14 @@ class PopulationStopper(ray_tune.Stopper):
                  time_attr: str = names.TRAINING_ITERATION,
                  metric_pending: Callable[[dict], bool] | None = None,
                  save_reaching: bool = False, stop_episodes: int = 1,
-                 episodes_key: str | None = None) -> None:
+                 episodes_key: str | None = None, episodes_cap: int | None = None) -> None:
         self.metric, self.mode, self.time_attr = metric, mode, time_attr
         self.save_reaching = save_reaching
         # The metric is a mean over this iteration's episodes (RLlib's return),
-        # counted in ``episodes_key``: the stop compares windowed_mean's instead.
+        # counted in ``episodes_key``, of at most ``episodes_cap`` of them (the
+        # latest): the stop compares windowed_mean's instead.
         self.stop_episodes, self.episodes_key = stop_episodes, episodes_key
+        self.episodes_cap = episodes_cap
         self.stop_iters, self.stop_value = stop_iters, stop_value
         self.metric_pending = metric_pending
         self._token = uuid.uuid4().hex
@@ -169,11 +171,11 @@ class PopulationStopper(ray_tune.Stopper):
         if self.metric not in flat:  # pending: nothing to rank or stop on yet
             return flat.get(names.TRAINING_ITERATION, 0) >= self.stop_iters
         value = flat[self.metric]
-        if self.stop_value is not None and value is not None and self.episodes_key is not None \
-                and self.stop_episodes > 1:
+        if self.stop_value is not None and value is not None and self._windowed:
             rows = self._board().setdefault("windows", {}).setdefault(trial_id, [])
+            episodes = int(flat.get(self.episodes_key) or 0)
             value = windowed_mean(rows, flat.get(names.TRAINING_ITERATION, 0), value,
-                                  int(flat.get(self.episodes_key) or 0), self.stop_episodes)
+                                  min(episodes, self.episodes_cap or episodes), self.stop_episodes)
         if self.stop_value is not None and value is not None:
             better = value >= self.stop_value if self.mode == "max" else value <= self.stop_value
             if better and self.reached is None:
@@ -187,9 +189,15 @@ class PopulationStopper(ray_tune.Stopper):
         """An exploit: ``trial_id`` continues from ``donor_id``'s checkpoint of
         iteration ``donor_step``, so the episodes it has played are the
         donor's until then (for the windowed stop return)."""
+        if not self._windowed:
+            return
         windows = self._board().setdefault("windows", {})
         windows[trial_id] = [row for row in windows.get(donor_id, ())
                              if donor_step is None or row[0] <= donor_step]
+
+    @property
+    def _windowed(self) -> bool:
+        return self.episodes_key is not None and self.stop_episodes > 1
 
     def stop_all(self) -> bool:
         return self.error is not None or bool(self.reached and self._board().get("settled"))

@@ -212,7 +212,8 @@ def _new_tuner(plan: Plan, parent: runs.ParentRun, redraw: bool = True) -> ray_t
                                          experiment.stop_return, experiment.time_attr,
                                          spec.metric_pending, save_reaching=not spec.function,
                                          stop_episodes=experiment.stop_episodes,
-                                         episodes_key=spec.episodes_key if plan.metric == spec.metric else None)
+                                         episodes_key=spec.episodes_key if plan.metric == spec.metric else None,
+                                         episodes_cap=spec.episodes_cap)
     if isinstance(scheduler, Recording):
         scheduler.stopper = stopper
     return ray_tune.Tuner(

@@ -102,9 +102,11 @@ class TrainableSpec:
     # Whether a result (flattened with "/") may still lack the metric for a
     # good reason, e.g. no RL episode has finished yet.
     metric_pending: Callable[[dict], bool] | None = None
-    # The result field (flattened) that counts the episodes the metric averages
-    # in this result, if it is such a mean (RLlib's return): --stop-episodes.
+    # The result field (flattened) that counts the episodes that ended in this
+    # result, if the metric is a mean over them (RLlib's return), and how many
+    # of them (the latest) the mean takes at most: --stop-episodes.
     episodes_key: str | None = None
+    episodes_cap: int | None = None
 
 
 def build(experiment) -> TrainableSpec:

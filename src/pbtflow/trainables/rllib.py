@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from typing import Any, Mapping
 
 from ray.tune.search.sample import Domain
@@ -41,6 +42,15 @@ def mean_std_filter(env, spaces, device):
     from ray.rllib.connectors.env_to_module.mean_std_filter import MeanStdFilter
 
     return MeanStdFilter()
+
+
+def episodes_averaged(config) -> int:
+    """The most episodes of one iteration that RLlib 2.60's mean return takes:
+    each env runner averages its latest ``metrics_num_episodes_for_smoothing /
+    num_env_runners`` (rounded up), and the runners' means are averaged (so
+    with several runners the mean is over their episodes only roughly)."""
+    runners = max(1, config.num_env_runners or 0)
+    return max(1, math.ceil(config.metrics_num_episodes_for_smoothing / runners)) * runners
 
 
 def no_episode_finished(flat_result: dict) -> bool:
@@ -155,6 +165,7 @@ def spec(experiment, config, preset: Mapping[str, Any], *, trainable, callback, 
         points_to_evaluate=points or None,
         metric_pending=no_episode_finished,
         episodes_key=EPISODES_THIS_ITER,
+        episodes_cap=episodes_averaged(config),
     )
 
 
