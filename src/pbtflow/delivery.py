@@ -28,7 +28,7 @@ SPILL_FILE = "mlflow_undelivered.json"  # beside Tune's state, for `pbtflow sync
 BATCH_LIMIT = 250  # metric rows per log_batch call (Azure ML's MLflow cap)
 MAX_FLUSH_WAIT = 30.0  # seconds between flushes of metric rows, at most
 HELPER_AFTER_S = 1.0  # seconds of store calls in the driver after which a helper process makes them
-HELPER_START_S = 60.0  # at the end, how long the rows wait for a helper still starting
+HELPER_START_S = 60.0  # how long the rows wait for a helper still starting (at the end: not at all)
 
 
 def batches(rows: list) -> Iterator[list]:
@@ -125,14 +125,16 @@ class Writer:
         sent: dict[str, int] = {}
         ended: list[str] = []
         if self._helper is not None:
-            closing = self._stop.is_set()
             try:
-                left = max(0.0, HELPER_START_S - self._helper.starting_for())
-                if self._helper.ready(timeout=left if closing else 0.0):
+                if self._helper.ready():
                     return self._helper.deliver(pending, terminal)
-                if left > 0 and not closing:  # it is starting (a few seconds): the rows wait for it
+                if self._stop.is_set():  # still starting at the end: the driver, idle now, is quicker
+                    self._helper.close()
+                    self._helper = None
+                elif self._helper.starting_for() < HELPER_START_S:  # a few seconds: the rows wait
                     return {run_id: 0 for run_id in pending}, [], None
-                raise HelperLost(f"it did not start within {HELPER_START_S:.0f} s", {}, [])
+                else:
+                    raise HelperLost(f"it did not start within {HELPER_START_S:.0f} s", {}, [])
             except (HelperLost, OSError, EOFError) as exc:  # the helper is gone: the driver writes
                 log.warning("pbtflow: the MLflow writer process stopped (%s); the driver writes "
                             "the metrics itself from now on.", exc or type(exc).__name__)
@@ -293,6 +295,9 @@ class StoreHelper:
             raise HelperLost(str(exc) or type(exc).__name__, sent, ended) from None
 
     def close(self) -> None:
+        """Let it finish and end; one still starting has nothing to finish and is killed."""
+        if not self._ready:
+            self._process.kill()
         try:
             self._connection.send(None)
         except OSError:
