@@ -81,6 +81,20 @@ def _policy_models(client: MlflowClient, parent) -> list[str]:
     return ids
 
 
+def download_run_artifact(client: MlflowClient, run, path: str, destination: str) -> str:
+    """One artifact of ``run``, read from the run's artifact root. Through a
+    ``runs:/`` URI (``client.download_artifacts``) MLflow 3 first looks the
+    run up again and resolves it against its logged models: reading the
+    record of 128 members back from SQLite took 1.9 s that way here, 0.9 s
+    this way. That way stays the fallback."""
+    try:
+        return mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{run.info.artifact_uri.rstrip('/')}/{path}", dst_path=destination,
+            tracking_uri=client.tracking_uri)
+    except Exception:  # noqa: BLE001 (an artifact store this URI form does not reach)
+        return client.download_artifacts(run.info.run_id, path, destination)
+
+
 def load_trial_records(tracking_uri: str | None, run_id: str) -> dict[str, Any]:
     """What the record check compares with Ray's log, read back from MLflow
     with a fresh client: per child run its starting params, pbt_events.json,
@@ -94,7 +108,7 @@ def load_trial_records(tracking_uri: str | None, run_id: str) -> dict[str, Any]:
         for child in record["children"]:
             run_id_ = child.info.run_id
             try:
-                local = client.download_artifacts(run_id_, names.EVENTS_FILE, tmp)
+                local = download_run_artifact(client, child, names.EVENTS_FILE, tmp)
                 events = json.loads(Path(local).read_text())
             except Exception:
                 events = None
