@@ -2,6 +2,8 @@
 a trial larger than this machine), no traceback, and no Ray started."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -26,6 +28,18 @@ def test_bad_flags_fail_fast(tmp_path, args, words):
     assert words in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_bad_setting_is_refused_before_tune_and_mlflow_are_imported():
+    """The setting is checked before the tuning stack (Ray Tune, MLflow: 2.5 s
+    of imports) is loaded, and PBT does not load PB2's scikit-learn at all."""
+    code = ("import sys; from pbtflow.cli import main; "
+            "assert main(['tune', '--population', '0']) == 2; "
+            "assert not {'ray.tune', 'mlflow', 'torch'} & set(sys.modules), sys.modules.keys(); "
+            "import pbtflow.tuning; assert 'sklearn' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "population: PBT needs at least 2 members" in proc.stderr
 
 
 @pytest.mark.parametrize("text, words", [

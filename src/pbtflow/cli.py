@@ -240,13 +240,14 @@ def _run_check(args: argparse.Namespace) -> int:
 
 def _run_tune(args: argparse.Namespace) -> int:
     from pbtflow.cluster import follow_the_head, follower_rank
-    from pbtflow.tuning import tune
 
     rank = follower_rank()
     if rank is not None:  # one driver per cluster: the head's
         follow_the_head(rank)
         return 0
     experiment = from_sources(args.config, tune_overrides(args))
+    from pbtflow.tuning import tune  # Tune, MLflow: 2.5 s of imports a bad setting need not wait for
+
     with contextlib.nullcontext() if args.verbose else _quiet_console():
         results = tune(experiment, worker_logs=args.verbose)
     print(f"pbtflow: {len(results)} trials, {results.num_errors} errored; results in "

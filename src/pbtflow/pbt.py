@@ -19,7 +19,6 @@ from typing import Any, Callable, Mapping
 
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining, PopulationBasedTrainingReplay
-from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from pbtflow import ray_internals
@@ -299,9 +298,20 @@ class RecordingPBT(Recording, PopulationBasedTraining):
     """Ray's PopulationBasedTraining, recorded."""
 
 
-class RecordingPB2(Recording, PB2):
-    """Ray's PB2 (Population Based Bandits: a Gaussian-process bandit picks the
-    new values within the mutations' bounds), recorded."""
+def __getattr__(name: str) -> Any:
+    """``RecordingPB2``, defined on first use: Ray's PB2 imports scikit-learn
+    and SciPy, 0.8 s of every start when the experiment uses PBT."""
+    if name != "RecordingPB2":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ray.tune.schedulers.pb2 import PB2
+
+    class RecordingPB2(Recording, PB2):
+        """Ray's PB2 (Population Based Bandits: a Gaussian-process bandit picks
+        the new values within the mutations' bounds), recorded."""
+
+    RecordingPB2.__qualname__ = "RecordingPB2"  # pickled with Tune's state under this name
+    globals()[name] = RecordingPB2
+    return RecordingPB2
 
 
 class ScheduleReplay(PopulationBasedTrainingReplay):
@@ -362,7 +372,7 @@ def pb2_bounds(mutations: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_scheduler(experiment: Experiment, metric: str, mutations: Mapping[str, Any],
                     repair: Callable[[dict, dict], None] | None = None,
-                    explore: Callable[[dict], Any] | None = None) -> RecordingPBT | RecordingPB2:
+                    explore: Callable[[dict], Any] | None = None) -> Recording:
     """Ray's PBT (or PB2) with every option of the experiment; ``explore`` is the
     user's explore function (``experiment.explore``, already imported)."""
     mutations = check_mutations(copy.deepcopy(dict(mutations)))
@@ -376,7 +386,7 @@ def build_scheduler(experiment: Experiment, metric: str, mutations: Mapping[str,
         synch=experiment.synch,
     )
     if experiment.scheduler == "pb2":
-        return RecordingPB2(hyperparam_bounds=pb2_bounds(mutations), **common)
+        return __getattr__("RecordingPB2")(hyperparam_bounds=pb2_bounds(mutations), **common)
     return RecordingPBT(
         burn_in_period=experiment.burn_in_period,
         resample_probability=experiment.resample_probability,
