@@ -4,6 +4,8 @@ checked against Ray's own log and Tune's result rows."""
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,6 +214,27 @@ def test_pb2_bounds_come_from_the_mutations():
 def test_pb2_refuses_what_it_cannot_honour(extra, words):
     with pytest.raises(ExperimentError, match="^" + words):
         pbtflow.Experiment(trainable="lr-schedule", scheduler="pb2", **extra)
+
+
+def test_pb2_is_one_class_that_unpickles_by_its_name(tmp_path):
+    """RecordingPB2 is defined on first use (PB2 imports scikit-learn); each
+    PB2 experiment gets that one class, and Tune's pickle of the scheduler
+    refers to it by name, so a resume in a new process gets it back."""
+    from ray import cloudpickle
+
+    from pbtflow import pbt
+
+    experiment = pbtflow.Experiment(trainable="lr-schedule", scheduler="pb2")
+    mutations = {"lr": {"uniform": [1e-4, 0.02]}}
+    first, second = (pbt.build_scheduler(experiment, "mean_accuracy", mutations) for _ in range(2))
+    assert type(first) is type(second) is pbt.RecordingPB2
+    path = tmp_path / "scheduler.pkl"
+    path.write_bytes(cloudpickle.dumps(first))
+    code = ("import pickle; from pbtflow import pbt; "
+            f"scheduler = pickle.loads(open({str(path)!r}, 'rb').read()); "
+            "assert type(scheduler) is pbt.RecordingPB2, type(scheduler)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_pb2_on_a_real_run_keeps_the_same_record(ray_runtime, workdir):

@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -298,20 +299,26 @@ class RecordingPBT(Recording, PopulationBasedTraining):
     """Ray's PopulationBasedTraining, recorded."""
 
 
+_PB2_LOCK = threading.Lock()
+
+
 def __getattr__(name: str) -> Any:
-    """``RecordingPB2``, defined on first use: Ray's PB2 imports scikit-learn
-    and SciPy, 0.8 s of every start when the experiment uses PBT."""
+    """``RecordingPB2``, defined once, on first use: Ray's PB2 imports
+    scikit-learn and SciPy, 0.8 s of every start when the experiment uses PBT."""
     if name != "RecordingPB2":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from ray.tune.schedulers.pb2 import PB2
+    with _PB2_LOCK:
+        if name in globals():  # defined meanwhile by another thread
+            return globals()[name]
+        from ray.tune.schedulers.pb2 import PB2
 
-    class RecordingPB2(Recording, PB2):
-        """Ray's PB2 (Population Based Bandits: a Gaussian-process bandit picks
-        the new values within the mutations' bounds), recorded."""
+        class RecordingPB2(Recording, PB2):
+            """Ray's PB2 (Population Based Bandits: a Gaussian-process bandit
+            picks the new values within the mutations' bounds), recorded."""
 
-    RecordingPB2.__qualname__ = "RecordingPB2"  # pickled with Tune's state under this name
-    globals()[name] = RecordingPB2
-    return RecordingPB2
+        RecordingPB2.__qualname__ = "RecordingPB2"  # pickled with Tune's state under this name
+        globals()[name] = RecordingPB2
+        return RecordingPB2
 
 
 class ScheduleReplay(PopulationBasedTrainingReplay):
@@ -386,7 +393,8 @@ def build_scheduler(experiment: Experiment, metric: str, mutations: Mapping[str,
         synch=experiment.synch,
     )
     if experiment.scheduler == "pb2":
-        return __getattr__("RecordingPB2")(hyperparam_bounds=pb2_bounds(mutations), **common)
+        pb2 = globals().get("RecordingPB2") or __getattr__("RecordingPB2")
+        return pb2(hyperparam_bounds=pb2_bounds(mutations), **common)
     return RecordingPBT(
         burn_in_period=experiment.burn_in_period,
         resample_probability=experiment.resample_probability,
