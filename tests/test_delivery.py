@@ -57,6 +57,10 @@ def test_what_mlflow_did_not_take_is_spilled_and_synced_once(tmp_path, monkeypat
     assert writer.close(spill_to=spill_file) == spill_file
     assert delivery.send_or_spill(away, {"run_id": parent, "kind": "tag", "key": "k",
                                          "value": "v"}, spill_file) is False
+    # The spill file has them now: a flush after MLflow came back (the run
+    # ending's) sends nothing, so `pbtflow sync` sends each row once.
+    writer._client = back = CountingClient(store)
+    assert writer.flush() and back.calls == []
 
     data = json.loads(spill_file.read_text())
     assert [r[3] for r in data["rows"][child]] == list(range(600))  # in order, each once
@@ -211,3 +215,20 @@ def test_rows_wait_for_a_starting_helper_but_not_at_the_end(tmp_path, caplog):
         assert [m.value for m in sorted(fresh.get_metric_history(run, "score"), key=lambda m: m.step)] \
             == [float(i + k) for i in range(20)]
     assert fresh.get_run(runs[1]).info.status == "FINISHED"
+
+
+def test_no_helper_is_started_for_the_last_rows(tmp_path):
+    """Once the members have ended (the tracker's on_experiment_end), the
+    store calls stay in the driver even past HELPER_AFTER_S: a helper started
+    then would only cost its start (Python and MLflow's imports) and be ended
+    before it took a row."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = CountingClient(uri)
+    run = client.create_run(client.create_experiment("last")).info.run_id
+    writer = delivery.Writer(client, interval=3600, helper_after=0.0)  # a helper at the next flush
+    writer.finishing()
+    writer.add(run, [Metric("score", float(step), 1_700_000_000_000, step) for step in range(30)])
+    assert writer.flush()
+    assert writer._helper is None and client.calls == [run]
+    writer.close()
+    assert len(MlflowClient(uri).get_metric_history(run, "score")) == 30

@@ -88,6 +88,11 @@ class Writer:
             rows = self._pending.pop(placeholder, [])
             self._pending.setdefault(run_id, [])[:0] = rows
 
+    def finishing(self) -> None:
+        """The members have ended: no helper process is started for the last
+        rows (its start would cost more than writing them here)."""
+        self._helper_after = None
+
     def terminate(self, run_id: str, status: str) -> None:
         with self._lock:
             self._terminal[run_id] = status
@@ -154,18 +159,18 @@ class Writer:
     def close(self, spill_to: Path | None = None) -> Path | None:
         """Stop the thread and send the rest; if MLflow is still away, write it
         to ``spill_to`` and return that path."""
+        self.finishing()
         self._stop.set()
         self._thread.join()
-        self._helper_after = None  # no helper is started for the last rows
         delivered = self.flush()
         if self._helper is not None:
             self._helper.close()
             self._helper = None
         if delivered or spill_to is None:
             return None
-        with self._lock:
-            rows = plain_rows(self._pending)
-            terminal = dict(self._terminal)
+        with self._lock:  # the spill file has them now: `pbtflow sync` sends them, once
+            rows, self._pending = plain_rows(self._pending), {}
+            terminal, self._terminal = dict(self._terminal), {}
         spill(spill_to, self._client.tracking_uri, rows, terminal)
         return spill_to
 

@@ -163,6 +163,7 @@ class TrialTracker(Callback):
         self._end(trial, "FAILED")
 
     def on_experiment_end(self, trials, **info):
+        self._writer.finishing()
         self._writer.flush()
 
     # -- helpers ----------------------------------------------------------------------
