@@ -27,6 +27,26 @@ def _writer(client: MlflowClient, helper: bool) -> delivery.Writer:
     return writer
 
 
+def _three_runs(tmp_path, name: str) -> tuple[str, CountingClient, list[str]]:
+    """A SQLite store with three runs, and a client counting the driver's store calls."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = CountingClient(uri)
+    experiment_id = client.create_experiment(name)
+    return uri, client, [client.create_run(experiment_id).info.run_id for _ in range(3)]
+
+
+def _scores(k: int, count: int) -> list[Metric]:
+    return [Metric("score", float(i + k), 1_700_000_000_000, i) for i in range(count)]
+
+
+def _assert_scores_once(uri: str, runs: list[str], count: int) -> None:
+    """Read back with a fresh client: each run's scores, every step once, in order."""
+    fresh = MlflowClient(uri)
+    for k, run in enumerate(runs):
+        assert [m.value for m in sorted(fresh.get_metric_history(run, "score"), key=lambda m: m.step)] \
+            == [float(i + k) for i in range(count)]
+
+
 def _dead_uri() -> str:
     """An HTTP tracking URI nothing listens on."""
     with socket.socket() as s:
@@ -154,24 +174,18 @@ def test_rows_a_lost_helper_confirmed_are_not_sent_again(tmp_path):
         def close(self):
             LostAfterOneRun.closed = True
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = CountingClient(uri)  # the driver's store calls
-    experiment_id = client.create_experiment("lost")
-    runs = [client.create_run(experiment_id).info.run_id for _ in range(3)]
+    uri, client, runs = _three_runs(tmp_path, "lost")
     writer = delivery.Writer(client, interval=3600)
     writer._helper = LostAfterOneRun(MlflowClient(uri))
     for k, run in enumerate(runs):
-        writer.add(run, [Metric("score", float(i + k), 1_700_000_000_000, i) for i in range(50)])
+        writer.add(run, _scores(k, 50))
     writer.terminate(runs[0], "FINISHED")
     assert writer.flush()
     assert LostAfterOneRun.closed and writer._helper is None
     assert client.calls == runs[1:]  # the first run's rows were not sent again
     writer.close()
-    fresh = MlflowClient(uri)
-    for k, run in enumerate(runs):
-        assert [m.value for m in sorted(fresh.get_metric_history(run, "score"), key=lambda m: m.step)] \
-            == [float(i + k) for i in range(50)]
-    assert fresh.get_run(runs[0]).info.status == "FINISHED"
+    _assert_scores_once(uri, runs, 50)
+    assert MlflowClient(uri).get_run(runs[0]).info.status == "FINISHED"
 
 
 def test_rows_wait_for_a_starting_helper_but_not_at_the_end(tmp_path, caplog):
@@ -194,14 +208,11 @@ def test_rows_wait_for_a_starting_helper_but_not_at_the_end(tmp_path, caplog):
         def close(self):
             StillStarting.closed = True
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = CountingClient(uri)  # the driver's store calls
-    experiment_id = client.create_experiment("starting")
-    runs = [client.create_run(experiment_id).info.run_id for _ in range(3)]
+    uri, client, runs = _three_runs(tmp_path, "starting")
     writer = delivery.Writer(client, interval=3600)
     writer._helper = StillStarting()
     for k, run in enumerate(runs):
-        writer.add(run, [Metric("score", float(i + k), 1_700_000_000_000, i) for i in range(20)])
+        writer.add(run, _scores(k, 20))
     writer.terminate(runs[1], "FINISHED")
     assert writer.flush()
     assert client.calls == [] and not StillStarting.closed  # the rows wait for the helper
@@ -210,11 +221,8 @@ def test_rows_wait_for_a_starting_helper_but_not_at_the_end(tmp_path, caplog):
     assert StillStarting.waits and set(StillStarting.waits) == {0.0}  # never waited on
     assert "writer process stopped" not in caplog.text  # not a loss: nothing to warn about
     assert client.calls == runs  # one log_batch per run, by the driver
-    fresh = MlflowClient(uri)
-    for k, run in enumerate(runs):
-        assert [m.value for m in sorted(fresh.get_metric_history(run, "score"), key=lambda m: m.step)] \
-            == [float(i + k) for i in range(20)]
-    assert fresh.get_run(runs[1]).info.status == "FINISHED"
+    _assert_scores_once(uri, runs, 20)
+    assert MlflowClient(uri).get_run(runs[1]).info.status == "FINISHED"
 
 
 def test_no_helper_is_started_for_the_last_rows(tmp_path):
