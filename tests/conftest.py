@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -100,12 +101,32 @@ def user_env(extra: dict | None = None) -> dict:
     return env
 
 
-def start_entry(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start the real entry script as a user would, in its own session, so
-    that it and the Ray it starts can be ended together (``finish``)."""
-    return subprocess.Popen([sys.executable, str(ENTRY), *args], cwd=cwd, env=user_env(env),
+def start_entry(*args: str, cwd: Path, env: dict | None = None, script: Path = ENTRY) -> subprocess.Popen:
+    """Start the real entry script (or a user's ``script``) as a user would,
+    in its own session, so that it and the Ray it starts can be ended
+    together (``finish``)."""
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=user_env(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+
+def wait_for_rows(folder: Path, rows: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until the SQLite store ``folder/mlflow.db`` holds ``rows``
+    training_iteration values (read with sqlite3, not MLflow), while ``proc``
+    runs; else kill it and fail."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        try:
+            with sqlite3.connect(folder / "mlflow.db") as db:
+                n = db.execute("select count(*) from metrics where key='training_iteration'").fetchone()[0]
+            if n >= rows:
+                return
+        except sqlite3.Error:
+            pass
+        time.sleep(1)
+    kill_group(proc)
+    raise AssertionError("the run logged too few results in time")
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -2,7 +2,6 @@
 resumed. The MLflow record afterwards must look like a clean run's."""
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +11,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import finish, kill_group, run_entry, start_entry, start_mlflow_server, stop_mlflow_server
+from conftest import (finish, kill_group, run_entry, start_entry, start_mlflow_server, stop_mlflow_server,
+                      wait_for_rows)
 from mlflow_checks import runs_by_role
 from pbtflow import names
 
@@ -26,22 +26,6 @@ ARGS = ["--population", "2", "--stop-iters", "10", "--stop-return", "inf",
 
 def _start(tmp_path, *extra):
     return start_entry(*ARGS, *extra, cwd=tmp_path)
-
-
-def _wait_for_rows(tmp_path, rows, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        try:
-            with sqlite3.connect(tmp_path / "mlflow.db") as db:
-                n = db.execute("select count(*) from metrics where key='training_iteration'").fetchone()[0]
-            if n >= rows:
-                return
-        except sqlite3.Error:
-            pass
-        time.sleep(1)
-    kill_group(proc)
-    raise AssertionError("the run logged too few results in time")
 
 
 def _assert_clean_record(tmp_path, name):
@@ -63,7 +47,7 @@ def _assert_clean_record(tmp_path, name):
 
 def test_killed_worker_is_retried_into_the_same_child_run(tmp_path):
     proc = _start(tmp_path, "--experiment-name", "kill")
-    _wait_for_rows(tmp_path, 4, proc)
+    wait_for_rows(tmp_path, 4, proc)
     # A member's actor runs pbtflow's PPO (PBTPPO): Ray titles it "ray::PBTPPO.train" etc.
     def is_member(title: str) -> bool:
         return title.startswith(("ray::PBTPPO", "ray::PPO"))
@@ -83,7 +67,7 @@ def test_killed_worker_is_retried_into_the_same_child_run(tmp_path):
 
 def test_interrupted_driver_resumes_into_the_same_runs(tmp_path):
     proc = _start(tmp_path, "--experiment-name", "resume")
-    _wait_for_rows(tmp_path, 6, proc)
+    wait_for_rows(tmp_path, 6, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = finish(proc, 300)
     assert proc.returncode == 130, err[-3000:]
@@ -213,7 +197,7 @@ def test_a_stalled_experiment_ends_as_interrupted_with_its_runs_killed(tmp_path)
 
 def test_runs_of_a_driver_killed_hard_are_ended_by_check_and_resume(tmp_path):
     proc = _start_function_run(tmp_path, "hard", "--trainable", "user_trainables:slow_counting")
-    _wait_for_rows(tmp_path, 6, proc)
+    wait_for_rows(tmp_path, 6, proc)
     kill_group(proc)  # the driver and the Ray it started: no chance to clean up
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parents, children = runs_by_role(client, "hard")
@@ -245,9 +229,9 @@ def test_the_default_ppo_experiment_resumes_to_its_end(tmp_path, point):
     proc = start_entry("--seed", "1", *extra, cwd=tmp_path)
     try:
         if point == "early":
-            _wait_for_rows(tmp_path, 3, proc)
+            wait_for_rows(tmp_path, 3, proc)
         elif point == "middle":
-            _wait_for_rows(tmp_path, 20, proc)
+            wait_for_rows(tmp_path, 20, proc)
         else:
             deadline = time.time() + 300
             while _exploits_logged(tmp_path) == 0 and time.time() < deadline:

@@ -1,19 +1,24 @@
 """A user's own function trainable ("package.module:function") and the
 checkpoint helper: bad paths fail before Ray starts with one sentence; a
 member resumes at the saved step + 1, so its step always equals Tune's
-training_iteration, through pauses and PBT exploits alike."""
+training_iteration, through pauses and PBT exploits alike; an interrupt is
+seen (KILLED runs) even when the caller has silenced logging."""
 
 from __future__ import annotations
 
 import pickle
+import signal
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from ray import tune
 
 import pbtflow
 from pbtflow import checkpoint, trainables
 from pbtflow.experiment import ExperimentError
-from conftest import run_entry
+from conftest import finish, run_entry, start_entry, wait_for_rows
+from mlflow_checks import runs_by_role
 
 SPACE = {"initial": {"x": tune.uniform(0.5, 2.0)}, "mutations": {"x": tune.uniform(0.5, 2.0)}}
 
@@ -90,3 +95,40 @@ def test_entry_point_imports_a_users_module_from_the_folder_it_runs_in(tmp_path)
     proc = run_entry("--trainable", "mine:train", "--metric", "score", cwd=tmp_path)
     assert proc.returncode == 2
     assert "'mine:train' must accept exactly one argument" in proc.stderr, proc.stderr
+
+
+QUIET = """
+import logging, sys
+import pbtflow
+from pbtflow.runs import TuningInterrupted
+
+logging.disable(logging.WARNING)  # a notebook that silences Ray's chatter
+experiment = pbtflow.Experiment(
+    trainable="user_trainables:slow_counting", metric="score", population=2, stop_iters=1000,
+    perturbation_interval=5, initial={"x": 1.0, "sleep": 0.1}, mutations={"x": [1.0, 2.0]},
+    experiment_name="quiet", tracking_uri="sqlite:///mlflow.db", storage_path="results")
+try:
+    pbtflow.tune(experiment)
+except TuningInterrupted as interrupted:
+    print("interrupted:", interrupted.path)
+    sys.exit(130)
+print("ended")
+"""
+
+
+def test_an_interrupt_is_seen_though_the_callers_logging_is_disabled(tmp_path):
+    """Tune tells of an interrupt only in a warning, which logging.disable()
+    silences: pbtflow.tune still raises TuningInterrupted, and the members'
+    runs and the parent run end KILLED (a resume reopens them), not
+    FINISHED as if the members had reached their end."""
+    (tmp_path / "quiet.py").write_text(QUIET)
+    proc = start_entry(cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)},
+                       script=tmp_path / "quiet.py")
+    wait_for_rows(tmp_path, 6, proc, timeout=120)
+    proc.send_signal(signal.SIGINT)
+    out, err = finish(proc, 120)
+    assert proc.returncode == 130 and "interrupted: " in out, out[-2000:] + err[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, children = runs_by_role(client, "quiet")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert len(children) == 2 and {c.info.status for c in children} == {"KILLED"}

@@ -189,16 +189,21 @@ def _fit(tuner: ray_tune.Tuner, plan: Plan, parent: runs.ParentRun) -> tuple[Res
         tracker.close(spill_to=parent.spill_path)
         if loading is not None:
             loading.join(timeout=60)  # never left importing when the process ends
-    tracker.end_remaining(ray_internals.trial_statuses(results))
+    statuses = ray_internals.trial_statuses(results)
+    tracker.end_remaining(statuses)
     if stopper.error:  # the trainable does not do what its settings say
         raise SettingError(stopper.error if not stopper.error_saved else (
             "resume: this experiment had already ended on an error, so there is nothing to "
             f"resume; start a new run once it is fixed: {stopper.error}"))
-    if interrupt.seen:  # KILLED: the members that had not reached their end
-        tracker.mark_interrupted([
-            r.metrics.get("trial_id") for r in results
-            if r.error is None and r.metrics and not r.metrics.get("done")
-            and r.metrics.get(names.TRAINING_ITERATION, 0) < experiment.stop_iters])
+    unfinished = [r.metrics.get("trial_id") for r in results
+                  if r.error is None and r.metrics and not r.metrics.get("done")
+                  and statuses.get(r.metrics.get("trial_id")) != "ERROR"
+                  and r.metrics.get(names.TRAINING_ITERATION, 0) < experiment.stop_iters]
+    # Tune says that SIGINT ended it only in a warning, which the caller's
+    # logging.disable() silences. Members end without being done otherwise
+    # only when the stopper ends the population, so those were interrupted too.
+    if interrupt.seen or (unfinished and not stopper.stop_all()):
+        tracker.mark_interrupted(unfinished)  # KILLED: the members that had not reached their end
         raise runs.TuningInterrupted(plan.experiment_path)
     return results, tracker
 
@@ -212,7 +217,7 @@ def _new_tuner(plan: Plan, parent: runs.ParentRun, redraw: bool = True) -> ray_t
                                          experiment.stop_return, experiment.time_attr,
                                          spec.metric_pending, save_reaching=not spec.function,
                                          stop_episodes=experiment.stop_episodes,
-                                         episodes_key=spec.episodes_key if plan.metric == spec.metric else None,
+                                         episodes_key=spec.episodes_key,
                                          episodes_cap=spec.episodes_cap)
     if isinstance(scheduler, Recording):
         scheduler.stopper = stopper
