@@ -6,6 +6,7 @@ find differences when there are some."""
 
 from __future__ import annotations
 
+import gc
 import io
 import math
 import os
@@ -14,6 +15,8 @@ import random
 import re
 import subprocess
 import sys
+import weakref
+
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.utils import flatten_dict
@@ -291,6 +294,27 @@ def test_the_reaching_member_ends_first_when_tune_saves_it_at_its_end(save_reach
     loaded = subprocess.run([sys.executable, "-c", read], input=pickle.dumps(waiting),
                             capture_output=True, timeout=60, check=True)
     assert loaded.stdout.decode().strip() == "True"
+
+
+def test_a_stoppers_copies_share_what_they_learn_and_it_goes_with_the_last_copy():
+    """Tune drives a resumed experiment with its own unpickled copy of the
+    stopper while pbtflow holds another: what one learns (the target
+    reached, every member's episode window) the other knows. Once every copy
+    is gone, so is what they shared: a process that tunes experiment after
+    experiment does not keep each one's windows."""
+    stopper = PopulationStopper(names.RETURN_MEAN, "max", 1000, 200.0, stop_episodes=10,
+                                episodes_key=EPISODES_THIS_ITER)
+    copy = pickle.loads(pickle.dumps(stopper))
+    copy("t0", {"training_iteration": 1, "env_runners": {"episode_return_mean": 150.0, "num_episodes": 6}})
+    stopper("t0", {"training_iteration": 2, "env_runners": {"episode_return_mean": 250.0, "num_episodes": 6}})
+    assert copy.reached == stopper.reached == ("t0", 200.0)  # (6 x 150 + 6 x 250) / 12: one window
+    shared = weakref.ref(stopper._board())
+    del copy
+    gc.collect()
+    assert shared() is not None and stopper.reached == ("t0", 200.0)
+    del stopper
+    gc.collect()
+    assert shared() is None
 
 
 def test_the_windowed_stop_return_is_the_mean_of_the_latest_episodes_recomputed_one_by_one():

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -59,8 +60,12 @@ def windowed_mean(rows: list[tuple[int, float, int]], iteration: int, mean: floa
         rows.pop()
     if episodes:
         rows.append((iteration, mean, episodes))
-    while len(rows) > 1 and sum(n for i, _, n in rows[1:] if i <= iteration - keep) >= at_least:
+    # The episodes over keep iterations back after rows[0]: once they hold the window, it goes.
+    old = sum(n for i, _, n in rows[1:] if i <= iteration - keep)
+    while len(rows) > 1 and old >= at_least:
         rows.pop(0)
+        if rows[0][0] <= iteration - keep:
+            old -= rows[0][2]
     total = weighted = 0.0
     for _, m, n in reversed(rows):
         total, weighted = total + n, weighted + m * n
@@ -69,7 +74,11 @@ def windowed_mean(rows: list[tuple[int, float, int]], iteration: int, mean: floa
     return None
 
 
-_STOPPER_BOARDS: dict[str, dict[str, Any]] = {}  # stopper token -> what its copies learned
+class _Board(dict):
+    """What a stopper's copies in this process learned; it goes with the last copy."""
+
+
+_STOPPER_BOARDS: weakref.WeakValueDictionary[str, _Board] = weakref.WeakValueDictionary()  # by token
 
 
 class PopulationStopper(ray_tune.Stopper):
@@ -112,12 +121,16 @@ class PopulationStopper(ray_tune.Stopper):
     # after the stopper has ended the members (TERMINATED, the searcher not
     # told), and a resume in a new process must know why they ended.
     def _board(self) -> dict[str, Any]:
-        return _STOPPER_BOARDS.setdefault(self._token, {"reached": None, "error": None})
+        board = self.__dict__.get("_shared")
+        if board is None:  # each copy holds its board, so the board lives as long as a copy does
+            board = self._shared = _STOPPER_BOARDS.setdefault(self._token, _Board(reached=None, error=None))
+        return board
 
     def __getstate__(self) -> dict[str, Any]:
         board = self._board()
-        return {**self.__dict__, "_verdict": {"reached": board["reached"], "error": board["error"],
-                                              "windows": board.get("windows")}}
+        state = {k: v for k, v in self.__dict__.items() if k != "_shared"}
+        return {**state, "_verdict": {"reached": board["reached"], "error": board["error"],
+                                      "windows": board.get("windows")}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         verdict = state.pop("_verdict", None) or {}  # none in a stopper pickled before
