@@ -26,6 +26,7 @@ name; the single run computes the same window).
 
     python benchmarks/bench_envs.py                      # 3 seeds, the three envs (~1 h on 2 cores)
     python benchmarks/bench_envs.py --seeds 1 --envs CartPole-v1
+    python benchmarks/bench_envs.py --first-seed 1 --seeds 2 --envs LunarLander-v3 --stop-episodes 20
 """
 
 from __future__ import annotations
@@ -126,13 +127,8 @@ def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None,
     timer.start()
     try:
         results = pbtflow.tune(experiment)
-    except BaseException as error:  # interrupted at the cap: the best return MLflow holds
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(experiment.tracking_uri)
-        found = client.get_experiment_by_name(experiment.experiment_name)
-        runs = client.search_runs([found.experiment_id]) if found else []
-        best = max((r.data.metrics[RETURN] for r in runs if RETURN in r.data.metrics), default=None)
+    except BaseException as error:  # interrupted at the cap
+        best = best_at_cap(experiment, stop_episodes)
         note = type(error).__name__
         if best is not None:
             note += f"; best member's return {best:.0f} at the cap"
@@ -150,6 +146,37 @@ def run_pbtflow(env: str, seed: int, folder: Path, cpus: float | None = None,
             "exploits": sum(count_global_log(results.experiment_path).values()),
             "errors": results.num_errors, "episodes": first["env_runners"].get("num_episodes"),
             "greedy": greedy_return(experiment, first["trial_id"])}
+
+
+def best_at_cap(experiment, stop_episodes: int) -> float | None:
+    """The best member's return at the cap as the stop compares it, read
+    back from MLflow: its latest iteration's mean, or with ``stop_episodes``
+    its mean over that many latest episodes since its latest exploit (the
+    stop counts its donor's before that too: left out here). Each iteration
+    counts at most RLlib's 100 episodes (one env runner), as pbtflow's stop
+    does."""
+    from mlflow.tracking import MlflowClient
+
+    from pbtflow import names
+    from pbtflow.stopping import windowed_mean
+    from pbtflow.trainables.rllib import EPISODES_THIS_ITER
+
+    client = MlflowClient(experiment.tracking_uri)
+    found = client.get_experiment_by_name(experiment.experiment_name)
+    best = None
+    for run in client.search_runs([found.experiment_id]) if found else []:
+        history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                   for key in (names.TRAINING_ITERATION, RETURN, EPISODES_THIS_ITER, names.EXPLOITS)}
+        rows, value, exploits = [], None, 0
+        for step in sorted(history[RETURN]):
+            if history[names.EXPLOITS].get(step, exploits) > exploits:  # the donor's weights from here
+                rows, exploits = [], history[names.EXPLOITS][step]
+            episodes = int(history[EPISODES_THIS_ITER].get(step, 0))
+            value = windowed_mean(rows, history[names.TRAINING_ITERATION].get(step, step),
+                                  history[RETURN][step], min(episodes, 100), stop_episodes)
+        if value is not None and (best is None or value > best):
+            best = value
+    return best
 
 
 def greedy_return(experiment, trial_id: str) -> float | None:
@@ -226,6 +253,8 @@ def fmt(value: float | None, digits: int = 0) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the seeds run are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--envs", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--cpus-per-trial-process", type=float, default=None,
                         help="pbtflow's CPUs per member (default: pbtflow's own default)")
@@ -242,7 +271,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for env in args.envs:
             rows: dict[str, list[dict]] = {"tuned": [], "pbtflow": []}
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for side in (("tuned", "pbtflow") if seed % 2 == 0 else ("pbtflow", "tuned")):
                     row = spawn(side, env, seed, Path(tmp), args.cpus_per_trial_process,
                                 args.stop_episodes)
