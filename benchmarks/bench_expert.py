@@ -256,6 +256,7 @@ def main() -> None:
             print(f"round {r}: {side}: {out['wall']:.1f} s, first done at {out['first_done']}, "
                   f"{out['errors']} errored", flush=True)
 
+    sides = [s for s in sides if runs[s]]  # --defaults-rounds 0: no defaults row
     med = {s: statistics.median(o["wall"] for o in runs[s]) for s in sides}
     ref = "expert" if "expert" in sides else sides[0]
     print(f"\nRay's pbt_function, population {POPULATION}, perturbation interval {INTERVAL}, "
