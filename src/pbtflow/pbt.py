@@ -393,8 +393,7 @@ def build_scheduler(experiment: Experiment, metric: str, mutations: Mapping[str,
         synch=experiment.synch,
     )
     if experiment.scheduler == "pb2":
-        pb2 = globals().get("RecordingPB2") or __getattr__("RecordingPB2")
-        return pb2(hyperparam_bounds=pb2_bounds(mutations), **common)
+        return __getattr__("RecordingPB2")(hyperparam_bounds=pb2_bounds(mutations), **common)
     return RecordingPBT(
         burn_in_period=experiment.burn_in_period,
         resample_probability=experiment.resample_probability,

@@ -51,7 +51,7 @@ def load_experiment_record(tracking_uri: str | None, run_id: str | None = None,
     def artifact(path: str) -> Any:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                local = client.download_artifacts(parent.info.run_id, path, tmp)
+                local = download_run_artifact(client, parent, path, tmp)
             except Exception:
                 return None
             return json.loads(Path(local).read_text())
@@ -134,7 +134,7 @@ def tag_record_check(client: MlflowClient, run_id: str, outcome: str) -> None:
 def download_artifact(record: Mapping[str, Any], path: str, destination: str) -> str:
     client: MlflowClient = record["client"]
     try:
-        return client.download_artifacts(record["parent"].info.run_id, path, destination)
+        return download_run_artifact(client, record["parent"], path, destination)
     except Exception as exc:
         raise TrackingError(f"run_id: the parent run {record['parent'].info.run_id} has no {path} "
                             f"artifact ({exc}); it is logged when tuning finishes.") from None
